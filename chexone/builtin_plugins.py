@@ -1,0 +1,21 @@
+"""Names of the built-in tasks, rewards and metrics as lazy "module:attr" references.
+
+The registry loads these exactly like third-party entry points, and built-ins win on a name clash.
+"""
+
+BUILTIN_TASKS: dict[str, str] = {
+    "close_vqa": "chexone.tasks.builtin:MultipleChoiceTask",
+    "view_classification": "chexone.tasks.builtin:ViewClassificationTask",
+    "temporal_classification": "chexone.tasks.builtin:TemporalClassificationTask",
+    "disease_classification": "chexone.tasks.builtin:DiseaseClassificationTask",
+    "open_vqa": "chexone.tasks.builtin:OpenVQATask",
+    "findings_generation": "chexone.tasks.builtin:FindingsGenerationTask",
+    "impression_generation": "chexone.tasks.builtin:ImpressionGenerationTask",
+    "progression_generation": "chexone.tasks.builtin:ProgressionGenerationTask",
+    "phrase_grounding": "chexone.tasks.builtin:GroundingTask",
+    "abnormality_grounding": "chexone.tasks.builtin:AbnormalityGroundingTask",
+}
+
+BUILTIN_REWARDS: dict[str, str] = {}
+
+BUILTIN_METRICS: dict[str, str] = {}

@@ -1,0 +1,131 @@
+"""The typed recipe schema: one place for every key, its default and its one-line description.
+
+Each field's ``doc`` metadata is what ``python -m chexone.fit --help`` prints. Recipes in ``recipes/`` override these
+defaults; ``key=value`` on the command line overrides recipes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def doc(default: Any, text: str, **kw: Any) -> Any:
+    """A dataclass field with a default and a one-line description."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"doc": text, **kw})
+    return field(default=default, metadata={"doc": text, **kw})
+
+
+@dataclass
+class FreezeConfig:
+    vision: bool = doc(False, "Freeze the vision encoder (ViT blocks + patch embedding).")
+    merger: bool = doc(False, "Freeze the vision-language merger (projector).")
+    llm: bool = doc(False, "Freeze the language model (decoder layers, embeddings, LM head).")
+
+
+@dataclass
+class ModelConfig:
+    path: str = doc("tiny", "Hub id (e.g. Qwen/Qwen2.5-VL-3B-Instruct), local directory, or 'tiny' (random, offline).")
+    attn_implementation: str = doc(
+        "auto", "auto | flash_attention_2 | sdpa | eager. auto = flash_attention_2 on CUDA when installed, else sdpa."
+    )
+    dtype: str = doc("auto", "Weight dtype: auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16.")
+    trust_remote_code: bool = doc(False, "Allow custom modelling code from the model directory (off unless you set it).")
+    local_files_only: bool = doc(False, "Never contact the hub (also implied by HF_HUB_OFFLINE=1).")
+    min_pixels: int = doc(3136, "Smallest image area in pixels after resizing (56*56).")
+    max_pixels: int = doc(262144, "Largest image area in pixels after resizing (512*512 in the paper).")
+    gradient_checkpointing: bool = doc(False, "Recompute activations in the backward pass to save memory.")
+    freeze: FreezeConfig = field(default_factory=FreezeConfig, metadata={"doc": "Which parts stay frozen."})
+    tiny_cache_dir: str = doc(
+        "${oc.env:CHEXONE_CACHE,~/.cache/chexone}/tiny-model",
+        "Where the offline 'tiny' model (config + locally trained tokenizer) is cached.",
+    )
+    seed: int = doc(0, "Seed for the random weights of the 'tiny' model.")
+
+
+@dataclass
+class ShardSetConfig:
+    path: str = doc("???", "Shard pattern (brace-expanded, e.g. shards/train-{000000..000031}.tar) or directory.")
+    weight: float = doc(1.0, "Relative sampling weight when several shard sets are mixed.")
+
+
+@dataclass
+class DataConfig:
+    name: str = doc("custom", "Name of this data selection (demo | custom | ...), for logs.")
+    train: list[ShardSetConfig] = field(
+        default_factory=list, metadata={"doc": "Training shard sets: a list of {path, weight}, or one path string."}
+    )
+    val: list[ShardSetConfig] = field(default_factory=list, metadata={"doc": "Held-out shard sets for validation."})
+    demo_dir: str = doc(
+        "${oc.env:CHEXONE_CACHE,~/.cache/chexone}/demo-shards",
+        "Where data=demo writes its generated shards on first use.",
+    )
+    samples_per_epoch: int = doc(0, "Samples per epoch over all ranks (0 = total from sizes.json).")
+    micro_batch_size: int = doc(4, "Samples per device per forward pass.")
+    num_workers: int = doc(2, "DataLoader worker processes per device.")
+    shuffle_buffer: int = doc(256, "Sample shuffle buffer size.")
+    max_length: int = doc(4096, "Maximum tokens per sample (prompt + image tokens + target); longer samples are skipped.")
+    reasoning: str = doc("auto", "auto (reasoning mode when the sample has a trace) | always | never.")
+    system_prompt: str = doc("You are a helpful assistant.", "System prompt of every conversation ('' for none).")
+    reasoning_suffix: str = doc(
+        "Please reason step by step and put your final answer within \\boxed{}.",
+        "Appended to the question in reasoning mode (the paper's wording by default).",
+    )
+    boxed: str = doc("last", "Which \\boxed{} is the final answer when there are several: first | last.")
+    max_skip_fraction: float = doc(0.05, "Fail the run when more than this fraction of read samples is corrupt.")
+    tasks: list[str] = field(default_factory=list, metadata={"doc": "Keep only these task names ([] = all)."})
+
+
+@dataclass
+class OptimConfig:
+    lr: float = doc(1e-6, "Peak learning rate (AdamW).")
+    weight_decay: float = doc(0.0, "AdamW weight decay.")
+    betas: list[float] = doc([0.9, 0.999], "AdamW betas.")
+    eps: float = doc(1e-8, "AdamW epsilon.")
+    scheduler: str = doc("cosine", "cosine | constant | linear (all with linear warmup).")
+    warmup_ratio: float = doc(0.05, "Fraction of max_steps spent in linear warmup.")
+    min_lr_ratio: float = doc(0.0, "Final LR as a fraction of the peak (cosine/linear).")
+    max_grad_norm: float = doc(1.0, "Clip the global gradient norm to this (0 = no clipping).")
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = doc(100, "Optimizer steps to train.")
+    global_batch_size: int = doc(
+        256, "Samples per optimizer step over all devices; accumulation = global / (micro_batch * devices)."
+    )
+    accelerator: str = doc("auto", "auto | cpu | gpu.")
+    devices: Any = doc("auto", "Number of devices (or 'auto').")
+    num_nodes: int = doc(1, "Number of nodes.")
+    strategy: str = doc("auto", "auto | ddp | fsdp2 (sharded data parallel).")
+    precision: str = doc("auto", "auto (bf16-mixed on GPU, 32 on CPU) | 32 | bf16-mixed | bf16-true | 16-mixed.")
+    log_every_n_steps: int = doc(1, "Log metrics every N optimizer steps.")
+    checkpoint_every_n_steps: int = doc(500, "Save a resumable checkpoint every N optimizer steps (and at the end).")
+    val_every_n_steps: int = doc(0, "Run validation every N optimizer steps (0 = only at the end, if val data is set).")
+    val_samples: int = doc(64, "Samples per validation run.")
+    ckpt_path: str | None = doc(None, "Resume from this Lightning checkpoint ('last' = newest in output_dir).")
+    seed: int = doc(1234, "Global seed (data order, dropout, sampling).")
+    progress_bar: bool = doc(True, "Show a progress bar.")
+
+
+@dataclass
+class WandbConfig:
+    project: str = doc("chexone", "W&B project.")
+    entity: str | None = doc(None, "W&B entity (team or user).")
+    mode: str = doc("auto", "auto (offline when no API key) | online | offline | disabled.")
+    log_samples: int = doc(4, "Sample images with prompt/target to log at the start of a run.")
+
+
+@dataclass
+class RecipeConfig:
+    recipe: str = doc("stage1_sft", "Recipe name (file in recipes/).")
+    stage: str = doc("sft", "Training stage: sft | grpo.")
+    output_dir: str = doc("runs/${recipe}", "Where config, checkpoints, logs and the exported model go.")
+    logger: str = doc("wandb", "wandb | csv | none.")
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"doc": "Model loading."})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"doc": "Data streaming and prompting."})
+    optim: OptimConfig = field(default_factory=OptimConfig, metadata={"doc": "Optimizer and schedule."})
+    trainer: TrainerConfig = field(default_factory=TrainerConfig, metadata={"doc": "Loop, devices, checkpoints."})
+    wandb: WandbConfig = field(default_factory=WandbConfig, metadata={"doc": "Weights & Biases logging."})
+    export_hf: bool = doc(True, "Write a Hugging Face model directory (model + processor) at the end.")
