@@ -11,7 +11,12 @@ from typing import Any
 
 
 def doc(default: Any, text: str, **kw: Any) -> Any:
-    """A dataclass field with a default and a one-line description."""
+    """A dataclass field with a default and a one-line description.
+
+    Extra keywords go into the field metadata and are enforced by ``chexone.config.load``:
+    ``choices=(...)`` (allowed values, with did-you-mean), ``ge``/``gt``/``le``/``lt`` (numeric bounds) and
+    ``example="key=value"`` (shown when a required ``???`` value is missing).
+    """
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata={"doc": text, **kw})
     return field(default=default, metadata={"doc": text, **kw})
@@ -28,17 +33,23 @@ class FreezeConfig:
 class ModelConfig:
     path: str = doc("tiny", "Hub id (e.g. Qwen/Qwen2.5-VL-3B-Instruct), local directory, or 'tiny' (random, offline).")
     attn_implementation: str = doc(
-        "auto", "auto | flash_attention_2 | sdpa | eager. auto = flash_attention_2 on CUDA when installed, else sdpa."
+        "auto",
+        "auto | flash_attention_2 | sdpa | eager. auto = flash_attention_2 on CUDA when installed, else sdpa.",
+        choices=("auto", "flash_attention_2", "sdpa", "eager"),
     )
-    dtype: str = doc("auto", "Weight dtype: auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16.")
+    dtype: str = doc(
+        "auto",
+        "Weight dtype: auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16.",
+        choices=("auto", "float32", "bfloat16", "float16"),
+    )
     trust_remote_code: bool = doc(False, "Allow custom modelling code from the model directory (off unless you set it).")
     local_files_only: bool = doc(False, "Never contact the hub (also implied by HF_HUB_OFFLINE=1).")
-    min_pixels: int = doc(3136, "Smallest image area in pixels after resizing (56*56).")
-    max_pixels: int = doc(262144, "Largest image area in pixels after resizing (512*512 in the paper).")
+    min_pixels: int = doc(3136, "Smallest image area in pixels after resizing (56*56).", ge=1)
+    max_pixels: int = doc(262144, "Largest image area in pixels after resizing (512*512 in the paper).", ge=1)
     gradient_checkpointing: bool = doc(False, "Recompute activations in the backward pass to save memory.")
     freeze: FreezeConfig = field(default_factory=FreezeConfig, metadata={"doc": "Which parts stay frozen."})
     tiny_cache_dir: str = doc(
-        "${oc.env:CHEXONE_CACHE,~/.cache/chexone}/tiny-model",
+        "${oc.env:CHEXONE_CACHE,'~/.cache/chexone'}/tiny-model",
         "Where the offline 'tiny' model (config + locally trained tokenizer) is cached.",
     )
     seed: int = doc(0, "Seed for the random weights of the 'tiny' model.")
@@ -47,63 +58,86 @@ class ModelConfig:
 @dataclass
 class ShardSetConfig:
     path: str = doc("???", "Shard pattern (brace-expanded, e.g. shards/train-{000000..000031}.tar) or directory.")
-    weight: float = doc(1.0, "Relative sampling weight when several shard sets are mixed.")
+    weight: float = doc(1.0, "Relative sampling weight when several shard sets are mixed.", ge=0)
 
 
 @dataclass
 class DataConfig:
     name: str = doc("custom", "Name of this data selection (demo | custom | ...), for logs.")
     train: list[ShardSetConfig] = field(
-        default_factory=list, metadata={"doc": "Training shard sets: a list of {path, weight}, or one path string."}
+        default_factory=list,
+        metadata={
+            "doc": "Training shard sets: a list of {path, weight}, or one path string.",
+            "example": "data.train=/data/shards/train-{000000..000255}.tar (or data=demo)",
+        },
     )
     val: list[ShardSetConfig] = field(default_factory=list, metadata={"doc": "Held-out shard sets for validation."})
     demo_dir: str = doc(
-        "${oc.env:CHEXONE_CACHE,~/.cache/chexone}/demo-shards",
+        "${oc.env:CHEXONE_CACHE,'~/.cache/chexone'}/demo-shards",
         "Where data=demo writes its generated shards on first use.",
     )
-    samples_per_epoch: int = doc(0, "Samples per epoch over all ranks (0 = total from sizes.json).")
-    micro_batch_size: int = doc(4, "Samples per device per forward pass.")
-    num_workers: int = doc(2, "DataLoader worker processes per device.")
-    shuffle_buffer: int = doc(256, "Sample shuffle buffer size.")
-    max_length: int = doc(4096, "Maximum tokens per sample (prompt + image tokens + target); longer samples are skipped.")
-    reasoning: str = doc("auto", "auto (reasoning mode when the sample has a trace) | always | never.")
+    samples_per_epoch: int = doc(0, "Samples per epoch over all ranks (0 = total from sizes.json).", ge=0)
+    micro_batch_size: int = doc(4, "Samples per device per forward pass.", ge=1)
+    num_workers: int = doc(2, "DataLoader worker processes per device.", ge=0)
+    shuffle_buffer: int = doc(256, "Sample shuffle buffer size.", ge=0)
+    max_length: int = doc(
+        4096, "Maximum tokens per sample (prompt + image tokens + target); longer samples are skipped.", ge=1
+    )
+    reasoning: str = doc(
+        "auto", "auto (reasoning mode when the sample has a trace) | always | never.", choices=("auto", "always", "never")
+    )
     system_prompt: str = doc("You are a helpful assistant.", "System prompt of every conversation ('' for none).")
     reasoning_suffix: str = doc(
         "Please reason step by step and put your final answer within \\boxed{}.",
         "Appended to the question in reasoning mode (the paper's wording by default).",
     )
-    boxed: str = doc("last", "Which \\boxed{} is the final answer when there are several: first | last.")
-    max_skip_fraction: float = doc(0.05, "Fail the run when more than this fraction of read samples is corrupt.")
+    boxed: str = doc(
+        "last", "Which \\boxed{} is the final answer when there are several: first | last.", choices=("first", "last")
+    )
+    max_skip_fraction: float = doc(
+        0.05, "Fail the run when more than this fraction of read samples is corrupt.", ge=0, le=1
+    )
     tasks: list[str] = field(default_factory=list, metadata={"doc": "Keep only these task names ([] = all)."})
 
 
 @dataclass
 class OptimConfig:
-    lr: float = doc(1e-6, "Peak learning rate (AdamW).")
-    weight_decay: float = doc(0.0, "AdamW weight decay.")
+    lr: float = doc(1e-6, "Peak learning rate (AdamW).", gt=0)
+    weight_decay: float = doc(0.0, "AdamW weight decay.", ge=0)
     betas: list[float] = doc([0.9, 0.999], "AdamW betas.")
-    eps: float = doc(1e-8, "AdamW epsilon.")
-    scheduler: str = doc("cosine", "cosine | constant | linear (all with linear warmup).")
-    warmup_ratio: float = doc(0.05, "Fraction of max_steps spent in linear warmup.")
-    min_lr_ratio: float = doc(0.0, "Final LR as a fraction of the peak (cosine/linear).")
-    max_grad_norm: float = doc(1.0, "Clip the global gradient norm to this (0 = no clipping).")
+    eps: float = doc(1e-8, "AdamW epsilon.", gt=0)
+    scheduler: str = doc(
+        "cosine", "cosine | constant | linear (all with linear warmup).", choices=("cosine", "constant", "linear")
+    )
+    warmup_ratio: float = doc(0.05, "Fraction of max_steps spent in linear warmup.", ge=0, lt=1)
+    min_lr_ratio: float = doc(0.0, "Final LR as a fraction of the peak (cosine/linear).", ge=0, le=1)
+    max_grad_norm: float = doc(1.0, "Clip the global gradient norm to this (0 = no clipping).", ge=0)
 
 
 @dataclass
 class TrainerConfig:
-    max_steps: int = doc(100, "Optimizer steps to train.")
+    max_steps: int = doc(100, "Optimizer steps to train.", ge=1)
     global_batch_size: int = doc(
-        256, "Samples per optimizer step over all devices; accumulation = global / (micro_batch * devices)."
+        256, "Samples per optimizer step over all devices; accumulation = global / (micro_batch * devices).", ge=1
     )
-    accelerator: str = doc("auto", "auto | cpu | gpu.")
+    accelerator: str = doc("auto", "auto | cpu | gpu.", choices=("auto", "cpu", "gpu"))
     devices: Any = doc("auto", "Number of devices (or 'auto').")
-    num_nodes: int = doc(1, "Number of nodes.")
-    strategy: str = doc("auto", "auto | ddp | fsdp2 (sharded data parallel).")
-    precision: str = doc("auto", "auto (bf16-mixed on GPU, 32 on CPU) | 32 | bf16-mixed | bf16-true | 16-mixed.")
-    log_every_n_steps: int = doc(1, "Log metrics every N optimizer steps.")
-    checkpoint_every_n_steps: int = doc(500, "Save a resumable checkpoint every N optimizer steps (and at the end).")
-    val_every_n_steps: int = doc(0, "Run validation every N optimizer steps (0 = only at the end, if val data is set).")
-    val_samples: int = doc(64, "Samples per validation run.")
+    num_nodes: int = doc(1, "Number of nodes.", ge=1)
+    strategy: str = doc("auto", "auto | ddp | fsdp2 (sharded data parallel).", choices=("auto", "ddp", "fsdp2"))
+    precision: str = doc(
+        "auto",
+        "auto (bf16-mixed on GPU, 32 on CPU) | 32 | bf16-mixed | bf16-true | 16-mixed.",
+        choices=("auto", "32", "bf16-mixed", "bf16-true", "16-mixed"),
+    )
+    log_every_n_steps: int = doc(1, "Log metrics every N optimizer steps.", ge=1)
+    checkpoint_every_n_steps: int = doc(
+        500, "Save a resumable checkpoint every N optimizer steps (and at the end).", ge=0
+    )
+    val_every_n_steps: int = doc(
+        0, "Run validation every N optimizer steps (0 = only at the end, if val data is set).", ge=0
+    )
+    val_samples: int = doc(64, "Samples per validation run.", ge=0)
+    val_max_new_tokens: int = doc(256, "Greedy-decoding length limit for validation accuracy.")
     ckpt_path: str | None = doc(None, "Resume from this Lightning checkpoint ('last' = newest in output_dir).")
     seed: int = doc(1234, "Global seed (data order, dropout, sampling).")
     progress_bar: bool = doc(True, "Show a progress bar.")
@@ -113,16 +147,20 @@ class TrainerConfig:
 class WandbConfig:
     project: str = doc("chexone", "W&B project.")
     entity: str | None = doc(None, "W&B entity (team or user).")
-    mode: str = doc("auto", "auto (offline when no API key) | online | offline | disabled.")
-    log_samples: int = doc(4, "Sample images with prompt/target to log at the start of a run.")
+    mode: str = doc(
+        "auto",
+        "auto (offline when no API key) | online | offline | disabled.",
+        choices=("auto", "online", "offline", "disabled"),
+    )
+    log_samples: int = doc(4, "Sample images with prompt/target to log at the start of a run.", ge=0)
 
 
 @dataclass
 class RecipeConfig:
     recipe: str = doc("stage1_sft", "Recipe name (file in recipes/).")
-    stage: str = doc("sft", "Training stage: sft | grpo.")
+    stage: str = doc("sft", "Training stage: sft | grpo.", choices=("sft", "grpo"))
     output_dir: str = doc("runs/${recipe}", "Where config, checkpoints, logs and the exported model go.")
-    logger: str = doc("wandb", "wandb | csv | none.")
+    logger: str = doc("wandb", "wandb | csv | none.", choices=("wandb", "csv", "none"))
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"doc": "Model loading."})
     data: DataConfig = field(default_factory=DataConfig, metadata={"doc": "Data streaming and prompting."})
     optim: OptimConfig = field(default_factory=OptimConfig, metadata={"doc": "Optimizer and schedule."})

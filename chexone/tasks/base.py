@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from chexone.data.sample import Sample
-from chexone.tasks.answers import extract_boxed
+from chexone.tasks.answers import extract_boxed, find_boxed
 
 #: The paper's reasoning suffix (DESIGN.md §1). The released data used a variant; it is configurable per recipe.
 PAPER_REASONING_SUFFIX = "Please reason step by step and put your final answer within \\boxed{}."
@@ -87,6 +87,18 @@ class Task:
     def parse_answer(self, answer: str) -> Any:
         """Canonical comparable form of a final answer (overridden per family)."""
         return answer.strip()
+
+    def is_well_formed(self, response: str, sample: Sample, *, reasoning: bool,
+                       style: PromptStyle = PromptStyle()) -> bool:
+        """The response has the shape the task asks for: exactly one ``\\boxed{}`` in reasoning mode, and a final
+        answer the task can parse."""
+        if reasoning and len(find_boxed(response)) != 1:
+            return False
+        final = self.final_answer(response, reasoning=reasoning, style=style)
+        return final is not None and self.answer_is_parseable(final, sample)
+
+    def answer_is_parseable(self, answer: str, sample: Sample) -> bool:
+        return bool(answer.strip())
 
     def is_correct(self, response: str, sample: Sample, *, reasoning: bool, style: PromptStyle = PromptStyle()) -> bool:
         """Exact match of the parsed final answer with the sample's answer (None answers are wrong)."""

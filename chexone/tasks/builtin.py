@@ -32,6 +32,11 @@ class MultipleChoiceTask(Task):
     def parse_answer(self, answer: str) -> frozenset[str]:
         return frozenset(parse_option_letters(answer))
 
+    def answer_is_parseable(self, answer: str, sample: Sample) -> bool:
+        letters = parse_option_letters(answer)
+        valid = {chr(65 + i) for i in range(len(sample.options))}
+        return bool(letters) and letters <= valid
+
 
 class ViewClassificationTask(MultipleChoiceTask):
     """Projection of the radiograph (PA / AP / lateral) as multiple choice."""
@@ -100,6 +105,10 @@ class GroundingTask(Task):
         if boxes:
             return tuple(sorted(b.coords for b in boxes))
         return answer.strip().lower()
+
+    def answer_is_parseable(self, answer: str, sample: Sample) -> bool:
+        text = answer.strip()
+        return bool(parse_boxes(text)) or (text.lower().startswith("no ") and text.lower().endswith("detected."))
 
 
 class AbnormalityGroundingTask(GroundingTask):

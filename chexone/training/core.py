@@ -1,0 +1,154 @@
+"""The training core shared by SFT and GRPO: model inputs, logits at selected positions, the optimizer and schedule,
+throughput accounting, Hugging Face export, and the LightningModule base class."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
+
+
+def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """The subset of a batch the Qwen2.5-VL forward takes."""
+    return {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch and batch[k] is not None}
+
+
+def hidden_states(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+    """Last hidden states [B, T, H] of the decoder (vision features merged in)."""
+    inner = model.model
+    if "pixel_values" in batch and batch["pixel_values"] is not None:
+        batch = {**batch, "pixel_values": batch["pixel_values"].to(next(inner.visual.parameters()).dtype)}
+    out = inner(**model_inputs(batch), use_cache=False, return_dict=True)
+    return out.last_hidden_state
+
+
+def next_token_logits(model: nn.Module, batch: dict[str, Any], predict_mask: torch.Tensor) -> torch.Tensor:
+    """Float32 logits predicting token t+1 from position t, only where ``predict_mask[:, t+1]`` is set.
+
+    Applying the LM head to the answer positions only avoids a [B, T, vocab] tensor over prompt and image tokens,
+    which dominates memory with the real 151k vocabulary. Returns [N, vocab] in row-major order of the mask.
+    """
+    h = hidden_states(model, batch)
+    sel = h[:, :-1][predict_mask[:, 1:]]
+    return model.lm_head(sel).float()
+
+
+def sft_loss(model: nn.Module, batch: dict[str, Any], ignore_index: int = -100) -> tuple[torch.Tensor, int]:
+    """Mean token cross-entropy over the answer tokens (labels != ignore_index); returns (loss, token count)."""
+    labels = batch["labels"]
+    mask = labels != ignore_index
+    logits = next_token_logits(model, batch, mask)
+    targets = labels[:, 1:][mask[:, 1:]]
+    n = int(targets.numel())
+    if n == 0:
+        return logits.sum() * 0.0, 0
+    return F.cross_entropy(logits, targets), n
+
+
+# ------------------------------------------------------------------------------------------------ schedule
+
+
+def lr_multiplier(step: int, *, max_steps: int, warmup_ratio: float, scheduler: str, min_lr_ratio: float = 0.0) -> float:
+    """LR factor at optimizer step ``step`` (0-based): linear warmup to 1, then cosine/linear decay or constant.
+
+    Warmup runs ``ceil(warmup_ratio * max_steps)`` steps and starts at 1/(warmup+1), never at 0, so no step is wasted.
+    """
+    warmup = math.ceil(warmup_ratio * max_steps)
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    if scheduler == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+    if scheduler == "cosine":
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    if scheduler == "linear":
+        return min_lr_ratio + (1 - min_lr_ratio) * (1 - progress)
+    raise ValueError(f"optim.scheduler={scheduler!r}; choose cosine | linear | constant")
+
+
+def build_optimizer(model: nn.Module, optim: Any, max_steps: int):
+    """AdamW over trainable parameters (no weight decay on biases and norms) + a per-step LambdaLR."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: lr_multiplier(s, max_steps=max_steps, warmup_ratio=optim.warmup_ratio, scheduler=optim.scheduler,
+                                min_lr_ratio=optim.min_lr_ratio),
+    )
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+
+# ------------------------------------------------------------------------------------------------ module base
+
+
+class Throughput:
+    """Tokens and samples per second between optimizer steps (wall clock on this rank)."""
+
+    def __init__(self) -> None:
+        self.tokens = 0
+        self.samples = 0
+        self.t0 = time.perf_counter()
+
+    def add(self, tokens: int, samples: int) -> None:
+        self.tokens += tokens
+        self.samples += samples
+
+    def rates(self) -> dict[str, float]:
+        dt = max(time.perf_counter() - self.t0, 1e-9)
+        out = {"tokens_per_s": self.tokens / dt, "samples_per_s": self.samples / dt}
+        self.tokens = self.samples = 0
+        self.t0 = time.perf_counter()
+        return out
+
+
+class ChexoneModule(L.LightningModule):
+    """Base LightningModule: owns the HF model + processor, the optimizer/schedule, throughput logging and export.
+
+    ``cfg`` is the resolved recipe as a plain dict-like (OmegaConf) object; it is stored in checkpoints as a plain
+    dict so checkpoints load with ``weights_only=True``.
+    """
+
+    def __init__(self, cfg: Any, loaded: Any):
+        super().__init__()
+        self.cfg = cfg
+        self.model = loaded.model
+        self.processor = loaded.processor
+        self.loaded_info = loaded.summary()
+        self.throughput = Throughput()
+
+    # --- optimisation
+    def configure_optimizers(self):
+        return build_optimizer(self.model, self.cfg.optim, self.cfg.trainer.max_steps)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self.global_step % max(1, self.cfg.trainer.log_every_n_steps) == 0:
+            rates = self.throughput.rates()
+            self.log("train/tokens_per_s", rates["tokens_per_s"], prog_bar=True, rank_zero_only=True)
+            self.log("train/samples_per_s", rates["samples_per_s"], rank_zero_only=True)
+            self.log("train/lr", optimizer.param_groups[0]["lr"], rank_zero_only=True)
+
+    # --- export
+    def export_hf(self, directory: str | Path) -> Path:
+        """``save_pretrained`` of model (safetensors) + processor: reloadable with ``from_pretrained``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(directory, safe_serialization=True)
+        self.processor.save_pretrained(directory)
+        self.processor.tokenizer.save_pretrained(directory)
+        return directory

@@ -1,0 +1,296 @@
+"""Build everything a recipe asks for and run it: output dir, model, data, logger, Lightning Trainer, export.
+
+``python -m chexone.fit`` is a thin wrapper around ``run_fit``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from omegaconf import OmegaConf
+
+log = logging.getLogger("chexone")
+
+
+# ------------------------------------------------------------------------------------------------ devices
+
+
+def device_type_for(cfg: Any) -> str:
+    acc = str(cfg.trainer.accelerator)
+    if acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available()):
+        return "cuda"
+    return "cpu"
+
+
+def world_size_for(cfg: Any, device_type: str) -> int:
+    devices = cfg.trainer.devices
+    if devices in ("auto", None, -1, "-1"):
+        n = torch.cuda.device_count() if device_type == "cuda" else 1
+    else:
+        n = int(devices)
+    return max(1, n) * int(cfg.trainer.num_nodes)
+
+
+def accumulation_steps(cfg: Any, world_size: int) -> int:
+    """global_batch_size / (micro_batch_size * world_size), which must divide exactly."""
+    per_step = cfg.data.micro_batch_size * world_size
+    if cfg.trainer.global_batch_size % per_step:
+        raise ValueError(
+            f"trainer.global_batch_size={cfg.trainer.global_batch_size} is not a multiple of "
+            f"data.micro_batch_size={cfg.data.micro_batch_size} x {world_size} device(s) = {per_step}; "
+            "change one of them"
+        )
+    return cfg.trainer.global_batch_size // per_step
+
+
+def resolve_precision(cfg: Any, device_type: str) -> str:
+    p = str(cfg.trainer.precision)
+    if p == "auto":
+        return "bf16-mixed" if device_type == "cuda" else "32-true"
+    return {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed"}.get(p, p)
+
+
+def training_dtype(cfg: Any, precision: str) -> str:
+    """Weights stay fp32 under mixed precision (fp32 master weights); bf16 weights only for ``bf16-true``."""
+    if cfg.model.dtype != "auto":
+        return cfg.model.dtype
+    return "bfloat16" if precision == "bf16-true" else "float32"
+
+
+def build_strategy(cfg: Any, device_type: str):
+    name = str(cfg.trainer.strategy)
+    if name == "auto":
+        return "auto"
+    if name == "ddp":
+        from lightning.pytorch.strategies import DDPStrategy
+
+        # Text-only batches leave the vision tower unused, so DDP must tolerate unused parameters.
+        return DDPStrategy(find_unused_parameters=True,
+                           process_group_backend="gloo" if device_type == "cpu" else "nccl")
+    if name == "fsdp2":
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        return ModelParallelStrategy(data_parallel_size="auto", tensor_parallel_size=1)
+    raise ValueError(f"trainer.strategy={name!r}; choose auto | ddp | fsdp2")
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def resolve_data(cfg: Any) -> None:
+    """Fill ``data.train``/``data.val`` for ``data=demo`` from the demo cache (generating it on first use)."""
+    if cfg.data.name != "demo" or cfg.data.train:
+        return
+    from chexone.data.demo import ensure_demo_shards
+
+    shards = ensure_demo_shards(os.path.expanduser(cfg.data.demo_dir))
+    cfg.data.train = [{"path": shards["train"], "weight": 1.0}]
+    if not cfg.data.val:
+        cfg.data.val = [{"path": shards["val"], "weight": 1.0}]
+    log.info("data=demo: train %s | val %s", shards["train"], shards["val"])
+
+
+class ChexoneDataModule(L.LightningDataModule):
+    """Streams shards per rank; training collates in workers, validation yields raw sample lists."""
+
+    def __init__(self, cfg: Any, train_collate):
+        super().__init__()
+        self.cfg = cfg
+        self.train_collate = train_collate
+
+    def _rank_world(self) -> tuple[int, int]:
+        t = self.trainer
+        return (t.global_rank, t.world_size) if t is not None else (0, 1)
+
+    def train_dataloader(self):
+        from chexone.data.shards import build_train_dataset
+
+        rank, world = self._rank_world()
+        d = self.cfg.data
+        ds = build_train_dataset(
+            d.train, samples_per_epoch=d.samples_per_epoch or None, seed=self.cfg.trainer.seed, rank=rank,
+            world_size=world, shuffle_buffer=d.shuffle_buffer, max_skip_fraction=d.max_skip_fraction,
+            task_filter=list(d.tasks) or None,
+        )
+        return torch.utils.data.DataLoader(
+            ds, batch_size=d.micro_batch_size, collate_fn=self.train_collate, num_workers=d.num_workers,
+            persistent_workers=d.num_workers > 0, prefetch_factor=4 if d.num_workers > 0 else None,
+        )
+
+    def val_dataloader(self):
+        from chexone.data.shards import build_eval_dataset
+
+        if not self.cfg.data.val:
+            return []
+        rank, world = self._rank_world()
+        ds = build_eval_dataset(self.cfg.data.val, rank=rank, world_size=world,
+                                limit=self.cfg.trainer.val_samples // world or 1)
+        return torch.utils.data.DataLoader(ds, batch_size=self.cfg.data.micro_batch_size, collate_fn=list,
+                                           num_workers=0)
+
+
+# ------------------------------------------------------------------------------------------------ logging
+
+
+def build_logger(cfg: Any, out: Path):
+    kind = str(cfg.logger)
+    if kind == "none":
+        return False
+    if kind == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(save_dir=str(out), name="csv", version="")
+    if kind == "wandb":
+        mode = str(cfg.wandb.mode)
+        if mode == "disabled":
+            return False
+        from lightning.pytorch.loggers import WandbLogger
+
+        offline = mode == "offline" or (mode == "auto" and not os.environ.get("WANDB_API_KEY"))
+        if offline:
+            os.environ.setdefault("WANDB_MODE", "offline")
+        return WandbLogger(project=cfg.wandb.project, entity=cfg.wandb.entity, save_dir=str(out), offline=offline,
+                           name=Path(out).name)
+    raise ValueError(f"logger={kind!r}; choose wandb | csv | none")
+
+
+class StepProgressBar(TQDMProgressBar):
+    """Progress in optimizer steps out of ``trainer.max_steps`` (streaming data has no epoch length to show)."""
+
+    def on_train_epoch_start(self, trainer, *_: Any) -> None:
+        super().on_train_epoch_start(trainer)
+        self.train_progress_bar.reset(total=trainer.max_steps)
+        self.train_progress_bar.n = trainer.global_step
+        self.train_progress_bar.set_description("train (steps)")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.train_progress_bar.n = trainer.global_step
+        self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
+        self.train_progress_bar.refresh()
+
+
+def log_sample_previews(cfg: Any, logger: Any, module: Any) -> None:
+    """A few training samples (image, prompt, target) as a W&B table at the start of a run."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    if not isinstance(logger, WandbLogger) or cfg.wandb.log_samples <= 0:
+        return
+    import wandb
+
+    from chexone.data.collate import use_reasoning
+    from chexone.data.shards import build_eval_dataset
+
+    table = wandb.Table(columns=["id", "task", "image", "prompt", "target"])
+    for sample in build_eval_dataset(cfg.data.train, limit=cfg.wandb.log_samples):
+        task = module.task_lookup(sample.task)
+        reasoning = use_reasoning(sample, cfg.data.reasoning)
+        prompt = module.encoder.render(task.messages(sample, reasoning=reasoning, style=module.style))
+        image = wandb.Image(sample.images[0]) if sample.images else None
+        table.add_data(sample.id, sample.task, image, prompt, task.target(sample, reasoning=reasoning))
+    logger.experiment.log({"samples/preview": table})
+
+
+# ------------------------------------------------------------------------------------------------ run
+
+
+def find_last_checkpoint(out: Path) -> str | None:
+    last = out / "checkpoints" / "last.ckpt"
+    return str(last) if last.exists() else None
+
+
+def run_fit(cfg: Any) -> dict[str, Any]:
+    """Train as the recipe says. Returns a summary (paths, final metrics)."""
+    from chexone.model import load_pretrained
+    from chexone.tasks import get_task
+
+    if cfg.stage != "sft":
+        raise NotImplementedError(f"stage={cfg.stage!r} is not available yet (only sft)")
+    L.seed_everything(cfg.trainer.seed, workers=True)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    resolve_data(cfg)
+    if not cfg.data.train:
+        raise ValueError("data.train is empty: set data.train=<shards> or use data=demo")
+
+    device_type = device_type_for(cfg)
+    world = world_size_for(cfg, device_type)
+    accumulate = accumulation_steps(cfg, world)
+    precision = resolve_precision(cfg, device_type)
+    cfg.model.dtype = training_dtype(cfg, precision)
+    OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+
+    loaded = load_pretrained(cfg.model, device_type=device_type)
+    from chexone.training.sft import SFTModule
+
+    module = SFTModule(cfg, loaded, get_task)
+    rank_zero = int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+    if rank_zero:
+        print(loaded.summary(), flush=True)
+        print(f"devices: {world} x {device_type} | precision: {precision} | micro batch {cfg.data.micro_batch_size} "
+              f"x accumulation {accumulate} = global batch {cfg.trainer.global_batch_size} | "
+              f"output: {out}", flush=True)
+
+    ckpt_dir = out / "checkpoints"
+    checkpoint = ModelCheckpoint(dirpath=str(ckpt_dir), filename="step-{step:06d}", auto_insert_metric_name=False,
+                                 every_n_train_steps=cfg.trainer.checkpoint_every_n_steps, save_last=True,
+                                 save_top_k=-1)
+    callbacks: list[Any] = [checkpoint]
+    if cfg.trainer.progress_bar:
+        callbacks.append(StepProgressBar(refresh_rate=1))
+    logger = build_logger(cfg, out)
+    val_every = cfg.trainer.val_every_n_steps
+    trainer = L.Trainer(
+        accelerator="gpu" if device_type == "cuda" else "cpu",
+        devices=cfg.trainer.devices,
+        num_nodes=cfg.trainer.num_nodes,
+        strategy=build_strategy(cfg, device_type),
+        precision=precision,
+        max_steps=cfg.trainer.max_steps,
+        max_epochs=-1,
+        accumulate_grad_batches=accumulate,
+        gradient_clip_val=cfg.optim.max_grad_norm or None,
+        log_every_n_steps=cfg.trainer.log_every_n_steps,
+        val_check_interval=val_every * accumulate if (val_every and cfg.data.val) else None,
+        check_val_every_n_epoch=None,
+        limit_val_batches=1.0 if (val_every and cfg.data.val) else 0,
+        num_sanity_val_steps=0,
+        logger=logger,
+        callbacks=callbacks,
+        enable_progress_bar=cfg.trainer.progress_bar,
+        enable_model_summary=False,
+        default_root_dir=str(out),
+        use_distributed_sampler=False,
+    )
+    if logger:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        if trainer.is_global_zero:
+            log_sample_previews(cfg, logger, module)
+    ckpt_path = cfg.trainer.ckpt_path
+    if ckpt_path == "last":
+        ckpt_path = find_last_checkpoint(out)
+        if ckpt_path is None:
+            print(f"trainer.ckpt_path=last: no checkpoint in {ckpt_dir}, starting from scratch", flush=True)
+    data = ChexoneDataModule(cfg, module.make_train_collator())
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
+
+    summary: dict[str, Any] = {"output_dir": str(out), "global_step": trainer.global_step,
+                               "last_checkpoint": str(ckpt_dir / "last.ckpt")}
+    if cfg.data.val and not val_every:
+        trainer.limit_val_batches = 1.0
+        trainer.validate(module, datamodule=data, verbose=False)
+    if getattr(module, "last_validation", None):
+        summary["validation"] = module.last_validation
+    if cfg.export_hf and trainer.is_global_zero:
+        summary["hf_dir"] = str(module.export_hf(out / "hf"))
+    if trainer.is_global_zero:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+        summary["metrics"] = metrics
+        print("done: " + " | ".join(f"{k}={v}" for k, v in summary.items() if k != "metrics"), flush=True)
+    return summary

@@ -1,0 +1,46 @@
+"""Shared fixtures: everything offline, caches in a per-session temp dir, the tiny model built once."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    """A session-wide cache (tiny model, demo shards) so tests never touch the user's ~/.cache."""
+    path = tmp_path_factory.mktemp("chexone-cache")
+    old = os.environ.get("CHEXONE_CACHE")
+    os.environ["CHEXONE_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("CHEXONE_CACHE", None)
+    else:
+        os.environ["CHEXONE_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(cache_dir):
+    from chexone.model.tiny import build_tiny_model_dir
+
+    return build_tiny_model_dir(cache_dir / "tiny-model", seed=0, min_pixels=3136, max_pixels=12544)
+
+
+@pytest.fixture(scope="session")
+def tiny_processor(tiny_dir):
+    from chexone.model.processor import ChexoneVLProcessor
+
+    return ChexoneVLProcessor.from_pretrained(tiny_dir)
+
+
+@pytest.fixture()
+def tiny_model(tiny_dir):
+    from transformers import AutoModelForImageTextToText
+
+    return AutoModelForImageTextToText.from_pretrained(tiny_dir, attn_implementation="sdpa")
