@@ -279,12 +279,9 @@ class Registry(Generic[T]):
 
     @staticmethod
     def _same(a: _Entry, b: _Entry) -> bool:
-        for x, y in ((a, b), (b, a)):
-            if not x.lazy and not y.lazy:
-                xo = x.value if x.loaded else x.target
-                yo = y.value if y.loaded else y.target
-                if xo is yo:
-                    return True
+        """Whether two entries are the same object: by identity once both are resolved, else by "module:attr"."""
+        if (a.loaded or not a.lazy) and (b.loaded or not b.lazy):
+            return (a.value if a.loaded else a.target) is (b.value if b.loaded else b.target)
         ia, ib = a.identity(), b.identity()
         return ia is not None and ia == ib
 
@@ -343,10 +340,11 @@ class Registry(Generic[T]):
     # ------------------------------------------------------------------ lookup
     def _candidates(self, name: str) -> list[_Entry]:
         """Entries competing for ``name``; a built-in alone if there is one."""
+        discovered = self._discovered()  # always scan on first lookup, so shadowing plugins are warned about
         local = self._local.get(name)
         if local is not None and local.source == BUILTIN:
             return [local]
-        plugins = [e for e in self._discovered().get(name, []) if not e.shadowed]
+        plugins = [e for e in discovered.get(name, []) if not e.shadowed]
         return ([local] if local is not None else []) + plugins
 
     def names(self) -> list[str]:
