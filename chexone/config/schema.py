@@ -84,7 +84,9 @@ class DataConfig:
         4096, "Maximum tokens per sample (prompt + image tokens + target); longer samples are skipped.", ge=1
     )
     reasoning: str = doc(
-        "auto", "auto (reasoning mode when the sample has a trace) | always | never.", choices=("auto", "always", "never")
+        "auto",
+        "auto (reasoning mode when the sample has a trace) | always | never.",
+        choices=("auto", "always", "never"),
     )
     system_prompt: str = doc("You are a helpful assistant.", "System prompt of every conversation ('' for none).")
     reasoning_suffix: str = doc(

@@ -91,9 +91,9 @@ def resolve_data(cfg: Any) -> None:
     from chexone.data.demo import ensure_demo_shards
 
     shards = ensure_demo_shards(os.path.expanduser(cfg.data.demo_dir))
-    cfg.data.train = [{"path": shards["train"], "weight": 1.0}]
+    OmegaConf.update(cfg, "data.train", [{"path": shards["train"], "weight": 1.0}])
     if not cfg.data.val:
-        cfg.data.val = [{"path": shards["val"], "weight": 1.0}]
+        OmegaConf.update(cfg, "data.val", [{"path": shards["val"], "weight": 1.0}])
     log.info("data=demo: train %s | val %s", shards["train"], shards["val"])
 
 
@@ -117,7 +117,7 @@ class ChexoneDataModule(L.LightningDataModule):
         ds = build_train_dataset(
             d.train, samples_per_epoch=d.samples_per_epoch or None, seed=self.cfg.trainer.seed, rank=rank,
             world_size=world, shuffle_buffer=d.shuffle_buffer, max_skip_fraction=d.max_skip_fraction,
-            task_filter=list(d.tasks) or None,
+            task_filter=list(d.tasks) or None, batch_size=d.micro_batch_size,
         )
         return torch.utils.data.DataLoader(
             ds, batch_size=d.micro_batch_size, collate_fn=self.train_collate, num_workers=d.num_workers,
@@ -130,8 +130,9 @@ class ChexoneDataModule(L.LightningDataModule):
         if not self.cfg.data.val:
             return []
         rank, world = self._rank_world()
-        ds = build_eval_dataset(self.cfg.data.val, rank=rank, world_size=world,
-                                limit=self.cfg.trainer.val_samples // world or 1)
+        ds = build_eval_dataset(self.cfg.data.val, rank=rank, world_size=world, limit=self.cfg.trainer.val_samples,
+                                max_skip_fraction=self.cfg.data.max_skip_fraction,
+                                task_filter=list(self.cfg.data.tasks) or None)
         return torch.utils.data.DataLoader(ds, batch_size=self.cfg.data.micro_batch_size, collate_fn=list,
                                            num_workers=0)
 
@@ -205,8 +206,8 @@ def find_last_checkpoint(out: Path) -> str | None:
     return str(last) if last.exists() else None
 
 
-def run_fit(cfg: Any) -> dict[str, Any]:
-    """Train as the recipe says. Returns a summary (paths, final metrics)."""
+def run_fit(cfg: Any, *, callbacks: list[Any] | None = None) -> dict[str, Any]:
+    """Train as the recipe says; ``callbacks`` are extra Lightning callbacks. Returns a summary (paths, metrics)."""
     from chexone.model import load_pretrained
     from chexone.tasks import get_task
 
@@ -241,7 +242,7 @@ def run_fit(cfg: Any) -> dict[str, Any]:
     checkpoint = ModelCheckpoint(dirpath=str(ckpt_dir), filename="step-{step:06d}", auto_insert_metric_name=False,
                                  every_n_train_steps=cfg.trainer.checkpoint_every_n_steps, save_last=True,
                                  save_top_k=-1)
-    callbacks: list[Any] = [checkpoint]
+    callbacks = [checkpoint, *(callbacks or [])]
     if cfg.trainer.progress_bar:
         callbacks.append(StepProgressBar(refresh_rate=1))
     logger = build_logger(cfg, out)
