@@ -16,7 +16,7 @@ Conventions
 Intensity scale (before a global gain of 0.96-1.04 and a little noise/blur) — chosen so that findings are large and
 high-contrast, and so the labels can be checked on the pixels:
 background 6, soft tissue 40, rib cage / mediastinum 120, aerated lung 45 (+ribs, vessels), spine 155,
-pleural effusion 160, heart 200, nodule 235, pneumothorax air 8 with a pleural line at 175.
+pleural effusion 160, heart 200, nodule 235, pneumothorax air 8 with a pleural line at 165.
 The cardiothoracic ratio (heart width / outer rib-cage width at the heart's widest row) is > 0.5 exactly when
 ``Findings.cardiomegaly`` is true (enlarged: 0.56-0.64; normal PA 0.38-0.46, normal AP 0.42-0.48).
 """
@@ -47,7 +47,7 @@ EFFUSION = 160.0
 HEART = 200.0
 NODULE = 235.0
 PTX_AIR = 8.0
-PLEURAL_LINE = 175.0
+PLEURAL_LINE = 165.0
 COLLAPSED_LUNG_EXTRA = 25.0
 MARKER = 245.0
 
@@ -207,11 +207,11 @@ def random_ctr(rng: np.random.Generator, view: str, enlarged: bool) -> float:
 
 
 def random_effusion_level(rng: np.random.Generator, size: str | None = None) -> float:
-    """Meniscus level: "small" 0.66-0.70, "large" 0.56-0.60, None anywhere in 0.56-0.70."""
+    """Meniscus level: "small" 0.71-0.74, "large" 0.54-0.57, None anywhere in 0.56-0.70."""
     if size == "small":
-        return float(rng.uniform(0.66, 0.70))
+        return float(rng.uniform(0.71, 0.74))
     if size == "large":
-        return float(rng.uniform(0.56, 0.60))
+        return float(rng.uniform(0.54, 0.57))
     return float(rng.uniform(0.56, 0.70))
 
 
@@ -225,17 +225,23 @@ def random_nodule(rng: np.random.Generator, side: str, r: float | None = None) -
     )
 
 
-_RANDOM = object()
+class _Random:
+    def __repr__(self):
+        return "RANDOM"
+
+
+#: Sentinel for :func:`random_findings`: draw this finding at random.
+RANDOM = _Random()
 
 
 def random_findings(
     rng: np.random.Generator,
     view: str = "PA",
     *,
-    effusion=_RANDOM,
-    pneumothorax=_RANDOM,
-    nodules=_RANDOM,
-    cardiomegaly=_RANDOM,
+    effusion=RANDOM,
+    pneumothorax=RANDOM,
+    nodules=RANDOM,
+    cardiomegaly=RANDOM,
     p: float = 0.25,
 ) -> Findings:
     """Random findings for a frontal view, with some of them fixed.
@@ -247,16 +253,16 @@ def random_findings(
     """
     if view == "Lateral":
         raise ValueError("findings are only drawn on frontal views")
-    pick = lambda: SIDES[int(rng.integers(2))]  # noqa: E731
+    pick = lambda: SIDES[int(rng.integers(2))]
 
-    if effusion is _RANDOM:
+    if effusion is RANDOM:
         effusion = pick() if rng.random() < p else None
     elif effusion is True:
         effusion = pick()
     eff_sides = list(SIDES) if effusion == "both" else ([effusion] if effusion else [])
 
     free = [s for s in SIDES if s not in eff_sides]
-    if pneumothorax is _RANDOM:
+    if pneumothorax is RANDOM:
         pneumothorax = free[int(rng.integers(len(free)))] if free and rng.random() < p * 0.6 else None
     elif pneumothorax is True:
         if not free:
@@ -266,7 +272,7 @@ def random_findings(
         raise ValueError("pneumothorax and effusion on the same side")
 
     ok_sides = [s for s in SIDES if s != pneumothorax]
-    if nodules is _RANDOM:
+    if nodules is RANDOM:
         nodules = 1 if rng.random() < p else 0
     if isinstance(nodules, int):
         if nodules > len(ok_sides):
@@ -277,7 +283,7 @@ def random_findings(
         nodule_sides = list(nodules)
         if pneumothorax in nodule_sides:
             raise ValueError("nodule on the pneumothorax side")
-    if cardiomegaly is _RANDOM:
+    if cardiomegaly is RANDOM:
         cardiomegaly = rng.random() < p
 
     return Findings(
@@ -315,11 +321,20 @@ def _ellipse(xx, yy, cx, cy, hw, hh, power: float = 2.0):
 
 
 def _segment(xx, yy, x0, y0, x1, y1, width):
-    """Soft line of half-width ``width`` (0..1 profile) and the position t along it."""
+    """Soft line of half-width ``width`` (0..1 profile) and the position t along it (computed in its bounding box)."""
+    n = xx.shape[0]
+    c0, c1 = max(0, int((min(x0, x1) - width) * n) - 1), min(n, int((max(x0, x1) + width) * n) + 2)
+    r0, r1 = max(0, int((min(y0, y1) - width) * n) - 1), min(n, int((max(y0, y1) + width) * n) + 2)
+    prof, t = np.zeros_like(xx), np.zeros_like(xx)
+    if c0 >= c1 or r0 >= r1:
+        return prof, t
+    X, Y = xx[r0:r1, c0:c1], yy[r0:r1, c0:c1]
     dx, dy = x1 - x0, y1 - y0
-    t = np.clip(((xx - x0) * dx + (yy - y0) * dy) / (dx * dx + dy * dy), 0.0, 1.0)
-    d = np.hypot(xx - x0 - t * dx, yy - y0 - t * dy)
-    return np.clip(1.0 - d / width, 0.0, 1.0), t
+    tt = np.clip(((X - x0) * dx + (Y - y0) * dy) / (dx * dx + dy * dy), 0.0, 1.0)
+    d = np.hypot(X - x0 - tt * dx, Y - y0 - tt * dy)
+    prof[r0:r1, c0:c1] = np.clip(1.0 - d / width, 0.0, 1.0)
+    t[r0:r1, c0:c1] = tt
+    return prof, t
 
 
 def _thorax_hw_at(anatomy: Anatomy, y: float) -> float:

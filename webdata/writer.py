@@ -1,0 +1,226 @@
+"""Write :class:`chexone.data.sample.Sample` objects into WebDataset tar shards.
+
+Layout of one shard set (one output directory)::
+
+    <prefix>-000000.tar, <prefix>-000001.tar, ...   # members <key>.json and <key>.img0.png, <key>.img1.png, ...
+    sizes.json                                      # {shard file name: sample count}
+    manifest.json                                   # builder, version, arguments, schema version, task counts, ...
+
+``<key>.json`` is ``sample.to_json()`` (UTF-8); images are PNG. Nothing is pickled. The output is byte-for-byte
+deterministic for the same samples: tar headers carry mtime 0, uid/gid 0 and no user names, PNGs carry no time chunk.
+A shard is written as ``<name>.tmp`` and renamed when complete; ``sizes.json``/``manifest.json`` are written only by
+a successful :meth:`ShardWriter.close`, so a crashed build is recognisable by their absence.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import io
+import json
+import os
+import re
+import tarfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from chexone.data.sample import SCHEMA_VERSION, Sample
+
+_KEY_OK = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
+
+
+def sample_key(sample_id: str) -> str:
+    """WebDataset key for a sample id: the id itself when it is made of ``[A-Za-z0-9_-]`` (WebDataset splits member
+    names at the first dot), otherwise a sanitised prefix plus a hash of the id (stable and collision-free)."""
+    if _KEY_OK.match(sample_id):
+        return sample_id
+    clean = re.sub(r"[^A-Za-z0-9_-]+", "_", sample_id).strip("_")[:60]
+    digest = hashlib.sha1(sample_id.encode("utf-8")).hexdigest()[:12]
+    return f"{clean}_{digest}" if clean else digest
+
+
+def encode_png(image: Image.Image) -> bytes:
+    """Deterministic PNG bytes (no timestamps or text chunks)."""
+    if image.mode not in ("1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16"):
+        image = image.convert("RGB")
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=False, compress_level=6)
+    return buf.getvalue()
+
+
+def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def brace_pattern(directory: str | Path, names: list[str]) -> str:
+    """``dir/prefix-{000000..000003}.tar`` for consecutive shard names (a single name is returned as is)."""
+    directory = str(directory)
+    if not names:
+        return ""
+    if len(names) == 1:
+        return os.path.join(directory, names[0])
+    first, last = names[0], names[-1]
+    m1, m2 = re.match(r"^(.*-)(\d+)(\.tar)$", first), re.match(r"^(.*-)(\d+)(\.tar)$", last)
+    assert m1 and m2 and m1.group(1) == m2.group(1)
+    return os.path.join(directory, f"{m1.group(1)}{{{m1.group(2)}..{m2.group(2)}}}.tar")
+
+
+class ShardWriter:
+    """Context manager writing samples into ``<out_dir>/<prefix>-NNNNNN.tar`` shards.
+
+    Args:
+        out_dir: output directory (created).
+        prefix: shard name prefix.
+        max_samples_per_shard: start a new shard after this many samples.
+        builder, builder_version, arguments: recorded in ``manifest.json`` (arguments must be plain JSON).
+        overwrite: remove existing ``<prefix>-*.tar``, ``sizes.json`` and ``manifest.json`` first; otherwise their
+            presence is an error.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        *,
+        prefix: str = "shard",
+        max_samples_per_shard: int = 1000,
+        builder: str = "unknown",
+        builder_version: str = "0",
+        arguments: dict[str, Any] | None = None,
+        overwrite: bool = False,
+    ):
+        if max_samples_per_shard < 1:
+            raise ValueError(f"max_samples_per_shard must be >= 1, got {max_samples_per_shard}")
+        if not re.match(r"^[A-Za-z0-9_.-]+$", prefix):
+            raise ValueError(f"shard prefix {prefix!r} must be made of letters, digits, '_', '-', '.'")
+        self.out_dir = Path(out_dir)
+        self.prefix = prefix
+        self.max_samples_per_shard = max_samples_per_shard
+        self.builder = builder
+        self.builder_version = str(builder_version)
+        self.arguments = json.loads(json.dumps(arguments or {}))  # must be plain JSON
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        existing = sorted(self.out_dir.glob(f"{prefix}-*.tar")) + [
+            p for p in (self.out_dir / "sizes.json", self.out_dir / "manifest.json") if p.exists()]
+        if existing:
+            if not overwrite:
+                raise FileExistsError(f"{self.out_dir} already holds a shard set ({existing[0].name}, ...); "
+                                      "pass overwrite=True to replace it")
+            for p in existing:
+                p.unlink()
+        self.sizes: dict[str, int] = {}
+        self.task_counts: Counter[str] = Counter()
+        self._keys: set[str] = set()
+        self._tar: tarfile.TarFile | None = None
+        self._tar_name = ""
+        self._in_shard = 0
+        self.manifest: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ context manager
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._abort()
+
+    # ------------------------------------------------------------------ writing
+    @property
+    def shard_names(self) -> list[str]:
+        return list(self.sizes)
+
+    @property
+    def pattern(self) -> str:
+        """Brace pattern of the shards written so far (after close: of all shards)."""
+        return brace_pattern(self.out_dir, self.shard_names)
+
+    @property
+    def total(self) -> int:
+        return sum(self.sizes.values())
+
+    def write(self, sample: Sample) -> str:
+        """Append one sample; returns its key."""
+        if self.manifest is not None:
+            raise RuntimeError("ShardWriter is closed")
+        for name in ("id", "task", "question", "answer"):
+            if not isinstance(getattr(sample, name), str):
+                raise TypeError(f"sample {sample.id!r}: field {name!r} must be a string")
+        key = sample_key(sample.id)
+        if key in self._keys:
+            raise ValueError(f"duplicate sample id {sample.id!r} (key {key!r})")
+        try:
+            record = json.dumps(sample.to_json(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"sample {sample.id!r} is not JSON-serialisable: {e}") from e
+        members = [(f"{key}.json", record)]
+        members += [(f"{key}.img{i}.png", encode_png(img)) for i, img in enumerate(sample.images)]
+
+        if self._tar is None or self._in_shard >= self.max_samples_per_shard:
+            self._next_shard()
+        assert self._tar is not None
+        for name, data in members:
+            self._tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
+        self._keys.add(key)
+        self._in_shard += 1
+        self.sizes[self._tar_name] = self._in_shard
+        self.task_counts[sample.task] += 1
+        return key
+
+    def _next_shard(self) -> None:
+        self._finish_shard()
+        self._tar_name = f"{self.prefix}-{len(self.sizes):06d}.tar"
+        tmp = self.out_dir / f"{self._tar_name}.tmp"
+        self._tar = tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT)
+        self._in_shard = 0
+        self.sizes[self._tar_name] = 0
+
+    def _finish_shard(self) -> None:
+        if self._tar is None:
+            return
+        self._tar.close()
+        os.replace(self.out_dir / f"{self._tar_name}.tmp", self.out_dir / self._tar_name)
+        self._tar = None
+
+    def _abort(self) -> None:
+        if self._tar is not None:
+            self._tar.close()
+            (self.out_dir / f"{self._tar_name}.tmp").unlink(missing_ok=True)
+            self.sizes.pop(self._tar_name, None)
+            self._tar = None
+
+    def close(self) -> dict[str, Any]:
+        """Finish the last shard and write ``sizes.json`` and ``manifest.json``; returns the manifest."""
+        if self.manifest is not None:
+            return self.manifest
+        self._finish_shard()
+        manifest = {
+            "builder": self.builder,
+            "builder_version": self.builder_version,
+            "arguments": self.arguments,
+            "schema_version": SCHEMA_VERSION,
+            "shards": self.shard_names,
+            "pattern": brace_pattern(".", self.shard_names).removeprefix("./"),
+            "task_counts": dict(sorted(self.task_counts.items())),
+            "total": self.total,
+            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        _write_json(self.out_dir / "sizes.json", self.sizes)
+        _write_json(self.out_dir / "manifest.json", manifest)
+        self.manifest = manifest
+        return manifest
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
