@@ -283,7 +283,8 @@ def run_fit(cfg: Any, *, callbacks: list[Any] | None = None) -> dict[str, Any]:
 
     summary: dict[str, Any] = {"output_dir": str(out), "global_step": trainer.global_step,
                                "last_checkpoint": str(ckpt_dir / "last.ckpt")}
-    if cfg.data.val and not val_every:
+    if cfg.data.val and (not val_every or trainer.global_step % val_every):
+        # Validate the final weights unless the in-loop validation just did.
         trainer.limit_val_batches = 1.0
         trainer.validate(module, datamodule=data, verbose=False)
     if getattr(module, "last_validation", None):
