@@ -44,3 +44,22 @@ def tiny_model(tiny_dir):
     from transformers import AutoModelForImageTextToText
 
     return AutoModelForImageTextToText.from_pretrained(tiny_dir, attn_implementation="sdpa")
+
+
+@pytest.fixture(scope="session")
+def demo_shards(cache_dir):
+    """The demo shard sets (generated once per test session)."""
+    from chexone.data.demo import ensure_demo_shards
+
+    return ensure_demo_shards(cache_dir / "demo-shards")
+
+
+def tiny_demo_overrides(out, **extra):
+    """Overrides for a seconds-long tiny-model run on the demo data, for tests."""
+    base = {
+        "model": "tiny", "data": "demo", "logger": "none", "output_dir": str(out), "trainer.progress_bar": "false",
+        "data.num_workers": "0", "data.micro_batch_size": "2", "trainer.global_batch_size": "2",
+        "trainer.val_every_n_steps": "0", "trainer.val_samples": "4", "trainer.val_max_new_tokens": "8",
+    }
+    base.update({k: str(v) for k, v in extra.items()})
+    return [f"{k}={v}" for k, v in base.items()]

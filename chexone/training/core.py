@@ -127,10 +127,25 @@ class ChexoneModule(L.LightningModule):
     def __init__(self, cfg: Any, loaded: Any):
         super().__init__()
         self.cfg = cfg
-        self.model = loaded.model
+        self.model = loaded.model.train()  # from_pretrained returns eval mode
         self.processor = loaded.processor
         self.loaded_info = loaded.summary()
         self.throughput = Throughput()
+
+    def configure_model(self) -> None:
+        """With ``trainer.strategy=fsdp2``: shard every decoder layer and vision block, then the root (FSDP2)."""
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        if not isinstance(self.trainer.strategy, ModelParallelStrategy) or getattr(self, "_sharded", False):
+            return
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = self.device_mesh["data_parallel"]
+        inner = self.model.model
+        for block in list(inner.visual.blocks) + list(inner.language_model.layers):
+            fully_shard(block, mesh=mesh)
+        fully_shard(self.model, mesh=mesh)
+        self._sharded = True
 
     # --- optimisation
     def configure_optimizers(self):
@@ -142,6 +157,15 @@ class ChexoneModule(L.LightningModule):
             self.log("train/tokens_per_s", rates["tokens_per_s"], prog_bar=True, rank_zero_only=True)
             self.log("train/samples_per_s", rates["samples_per_s"], rank_zero_only=True)
             self.log("train/lr", optimizer.param_groups[0]["lr"], rank_zero_only=True)
+            datamodule = getattr(self.trainer, "datamodule", None)
+            if datamodule is not None and hasattr(datamodule, "skip_stats"):
+                for key, value in datamodule.skip_stats().items():
+                    self.log(key, float(value), rank_zero_only=True)
+
+    def on_train_epoch_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "set_epoch"):
+            datamodule.set_epoch(self.current_epoch)  # a fresh, reproducible shard order per epoch
 
     # --- export
     def export_hf(self, directory: str | Path) -> Path:

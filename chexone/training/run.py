@@ -104,6 +104,15 @@ class ChexoneDataModule(L.LightningDataModule):
         super().__init__()
         self.cfg = cfg
         self.train_collate = train_collate
+        self.train_dataset = None
+
+    def skip_stats(self) -> dict[str, float]:
+        """Corrupt/filtered sample counters of this rank's training stream (all workers)."""
+        return self.train_dataset.skip_stats().as_dict(prefix="data/") if self.train_dataset is not None else {}
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.train_dataset is not None:
+            self.train_dataset.set_epoch(epoch)
 
     def _rank_world(self) -> tuple[int, int]:
         t = self.trainer
@@ -114,7 +123,7 @@ class ChexoneDataModule(L.LightningDataModule):
 
         rank, world = self._rank_world()
         d = self.cfg.data
-        ds = build_train_dataset(
+        ds = self.train_dataset = build_train_dataset(
             d.train, samples_per_epoch=d.samples_per_epoch or None, seed=self.cfg.trainer.seed, rank=rank,
             world_size=world, shuffle_buffer=d.shuffle_buffer, max_skip_fraction=d.max_skip_fraction,
             task_filter=list(d.tasks) or None, batch_size=d.micro_batch_size,
@@ -216,18 +225,16 @@ def run_fit(cfg: Any, *, callbacks: list[Any] | None = None) -> dict[str, Any]:
     L.seed_everything(cfg.trainer.seed, workers=True)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    resolve_data(cfg)
-    if not cfg.data.train:
-        raise ValueError("data.train is empty: set data.train=<shards> or use data=demo")
-
     device_type = device_type_for(cfg)
     world = world_size_for(cfg, device_type)
     accumulate = accumulation_steps(cfg, world)
     precision = resolve_precision(cfg, device_type)
     cfg.model.dtype = training_dtype(cfg, precision)
+    loaded = load_pretrained(cfg.model, device_type=device_type)  # first: a missing model fails in seconds
+    resolve_data(cfg)
+    if not cfg.data.train:
+        raise ValueError("data.train is empty: set data.train=<shards> or use data=demo")
     OmegaConf.save(cfg, out / "config.yaml", resolve=True)
-
-    loaded = load_pretrained(cfg.model, device_type=device_type)
     from chexone.training.sft import SFTModule
 
     module = SFTModule(cfg, loaded, get_task)
