@@ -75,3 +75,24 @@ def test_offline_real_model_fails_fast_with_advice(tmp_path, cache_dir):
                     "model.path=Qwen/Qwen2.5-VL-3B-Instruct"], env_extra={"HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 2
     assert "model=tiny" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_logger_choices(tmp_path, monkeypatch):
+    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+    from omegaconf import OmegaConf
+
+    from chexone.config.schema import RecipeConfig
+    from chexone.training.run import build_logger
+
+    cfg = OmegaConf.structured(RecipeConfig)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    cfg.logger = "wandb"
+    logger = build_logger(cfg, tmp_path)
+    assert isinstance(logger, WandbLogger) and logger._offline  # no API key -> offline, never an error
+    cfg.logger = "csv"
+    assert isinstance(build_logger(cfg, tmp_path), CSVLogger)
+    cfg.logger = "none"
+    assert build_logger(cfg, tmp_path) is False
+    cfg.logger = "wandb"
+    cfg.wandb.mode = "disabled"
+    assert build_logger(cfg, tmp_path) is False

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from omegaconf import OmegaConf
 
 log = logging.getLogger("chexone")
+
+# Benign Lightning notices for our streaming data: the dataset splits its epoch per worker itself (so __len__ is exact),
+# and a resumed run continues on a freshly resampled stream by design (docs/training.md).
+warnings.filterwarnings("ignore", message=".*`IterableDataset` has `__len__` defined.*")
+warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
+warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
 
 
 # ------------------------------------------------------------------------------------------------ devices
@@ -277,7 +284,7 @@ def run_fit(cfg: Any, *, callbacks: list[Any] | None = None) -> dict[str, Any]:
         use_distributed_sampler=False,
     )
     if logger:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "model_summary": loaded.summary()})
         if trainer.is_global_zero:
             log_sample_previews(cfg, logger, module)
     ckpt_path = cfg.trainer.ckpt_path
