@@ -1,5 +1,5 @@
-"""Two-process DDP on CPU (gloo): the tiny model trains a few steps and both ranks end with identical weights,
-after the same number of steps, having read different samples."""
+"""Two processes on CPU (gloo), DDP and FSDP2: the tiny model trains a few steps; ranks run the same number of steps on
+different samples; DDP ranks end with identical weights; FSDP2 exports the gathered full weights."""
 
 import json
 import os
@@ -18,7 +18,7 @@ SCRIPT = textwrap.dedent(
     from chexone.config.load import load_config
     from chexone.training.run import run_fit
 
-    out = sys.argv[1]
+    out, strategy = sys.argv[1], sys.argv[2]
 
     class Record(Callback):
         def __init__(self):
@@ -27,17 +27,18 @@ SCRIPT = textwrap.dedent(
             self.ids.append(int(batch["input_ids"].sum()))
         def on_train_end(self, trainer, module):
             h = hashlib.sha256()
-            for name, p in sorted(module.model.state_dict().items()):
-                h.update(name.encode()); h.update(p.detach().cpu().float().numpy().tobytes())
+            if strategy == "ddp":  # FSDP2 holds shards (DTensors): compared through the export instead
+                for name, p in sorted(module.model.state_dict().items()):
+                    h.update(name.encode()); h.update(p.detach().cpu().float().numpy().tobytes())
             with open(os.path.join(out, f"rank{trainer.global_rank}.json"), "w") as f:
                 json.dump({"hash": h.hexdigest(), "step": trainer.global_step, "batches": self.ids,
                            "world": trainer.world_size}, f)
 
     cfg = load_config("stage1_sft", ["model=tiny", "data=demo", "logger=none", f"output_dir={out}",
-                                     "trainer.max_steps=3", "trainer.devices=2", "trainer.strategy=ddp",
+                                     "trainer.max_steps=3", "trainer.devices=2", f"trainer.strategy={strategy}",
                                      "trainer.accelerator=cpu", "trainer.global_batch_size=8",
                                      "data.micro_batch_size=2", "data.num_workers=0", "trainer.val_every_n_steps=0",
-                                     "trainer.progress_bar=false", "export_hf=false", "data.val=[]",
+                                     "trainer.progress_bar=false", f"export_hf={strategy == 'fsdp2'}", "data.val=[]",
                                      "trainer.checkpoint_every_n_steps=100"])
     run_fit(cfg, callbacks=[Record()])
     """
@@ -46,13 +47,32 @@ SCRIPT = textwrap.dedent(
 
 @pytest.mark.timeout(600)
 def test_ddp_two_ranks_stay_in_sync(tmp_path, cache_dir, tiny_dir):
-    script = tmp_path / "ddp_run.py"
+    r0, r1 = run_two_ranks(tmp_path, cache_dir, "ddp")
+    assert r0["hash"] == r1["hash"]  # ...and hold identical weights
+
+
+@pytest.mark.timeout(600)
+def test_fsdp2_two_ranks_train_and_export_full_weights(tmp_path, cache_dir, tiny_dir):
+    from transformers import AutoModelForImageTextToText
+
+    run_two_ranks(tmp_path, cache_dir, "fsdp2")
+    # The sharded weights were gathered into one ordinary HF checkpoint that reloads with every tensor present.
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "out" / "hf")
+    reference = AutoModelForImageTextToText.from_pretrained(tiny_dir)
+    assert model.state_dict().keys() == reference.state_dict().keys()
+    changed = [k for k, v in model.state_dict().items() if not (v == reference.state_dict()[k]).all()]
+    assert changed  # trained, not the initial weights
+    assert (tmp_path / "out" / "checkpoints" / "last.ckpt").exists()
+
+
+def run_two_ranks(tmp_path, cache_dir, strategy):
+    script = tmp_path / "two_rank_run.py"
     script.write_text(SCRIPT)
     out = tmp_path / "out"
     out.mkdir()
     env = {**os.environ, "CHEXONE_CACHE": str(cache_dir), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.run([sys.executable, str(script), str(out)], env=env, capture_output=True, text=True,
-                          timeout=540)
+    proc = subprocess.run([sys.executable, str(script), str(out), strategy], env=env, capture_output=True,
+                          text=True, timeout=540)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r0 = json.loads((out / "rank0.json").read_text())
     r1 = json.loads((out / "rank1.json").read_text())
@@ -60,5 +80,5 @@ def test_ddp_two_ranks_stay_in_sync(tmp_path, cache_dir, tiny_dir):
     assert r0["step"] == r1["step"] == 3
     # accumulation = 8 / (2 x 2 ranks) = 2 micro-batches per step on each rank
     assert len(r0["batches"]) == len(r1["batches"]) == 6
-    assert r0["batches"] != r1["batches"]  # the ranks read different data...
-    assert r0["hash"] == r1["hash"]  # ...and hold identical weights
+    assert r0["batches"] != r1["batches"]  # the ranks read different data
+    return r0, r1

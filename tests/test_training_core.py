@@ -50,3 +50,12 @@ def test_sft_loss_matches_hf_loss_on_answer_tokens(tiny_model, tiny_processor):
     loss.backward()
     assert tiny_model.model.visual.merger.mlp[0].weight.grad.abs().sum() > 0
     assert tiny_model.lm_head.weight.grad.abs().sum() > 0
+
+
+def test_majority_baseline_per_question_group():
+    from chexone.training.sft import majority_baseline
+
+    rows = [("q1", "A"), ("q1", "A"), ("q1", "B"), ("q2", "C"), ("q2", "D"), ("q2", "D"), ("q2", "D")]
+    # q1: 2 of 3 by answering A; q2: 3 of 4 by answering D -> 5/7
+    assert majority_baseline(rows) == pytest.approx(5 / 7)
+    assert majority_baseline([]) == 0.0

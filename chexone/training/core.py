@@ -39,9 +39,22 @@ def next_token_logits(model: nn.Module, batch: dict[str, Any], predict_mask: tor
     Applying the LM head to the answer positions only avoids a [B, T, vocab] tensor over prompt and image tokens,
     which dominates memory with the real 151k vocabulary. Returns [N, vocab] in row-major order of the mask.
     """
+    if _is_fsdp2(model):
+        # FSDP2 gathers parameters in the root module's forward, so go through it (full logits, then select).
+        inputs = model_inputs(batch)
+        logits = model(**inputs, use_cache=False, return_dict=True).logits
+        return logits[:, :-1][predict_mask[:, 1:]].float()
     h = hidden_states(model, batch)
     sel = h[:, :-1][predict_mask[:, 1:]]
     return model.lm_head(sel).float()
+
+
+def _is_fsdp2(model: nn.Module) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - very old torch
+        return False
+    return isinstance(model, FSDPModule)
 
 
 def sft_loss(model: nn.Module, batch: dict[str, Any], ignore_index: int = -100) -> tuple[torch.Tensor, int]:
@@ -169,10 +182,23 @@ class ChexoneModule(L.LightningModule):
 
     # --- export
     def export_hf(self, directory: str | Path) -> Path:
-        """``save_pretrained`` of model (safetensors) + processor: reloadable with ``from_pretrained``."""
+        """``save_pretrained`` of model (safetensors) + processor: reloadable with ``from_pretrained``.
+
+        Call it on every rank: with sharded (FSDP2) weights the full state dict is gathered collectively; only global
+        rank 0 writes.
+        """
         directory = Path(directory)
+        state_dict = None
+        if getattr(self, "_sharded", False):
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            state_dict = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True,
+                                                                                   cpu_offload=True))
+        trainer = self._trainer
+        if trainer is not None and not trainer.is_global_zero:
+            return directory
         directory.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(directory, safe_serialization=True)
+        self.model.save_pretrained(directory, state_dict=state_dict, safe_serialization=True)
         self.processor.save_pretrained(directory)
         self.processor.tokenizer.save_pretrained(directory)
         return directory

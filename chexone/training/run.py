@@ -71,7 +71,7 @@ def training_dtype(cfg: Any, precision: str) -> str:
     return "bfloat16" if precision == "bf16-true" else "float32"
 
 
-def build_strategy(cfg: Any, device_type: str):
+def build_strategy(cfg: Any, device_type: str, world_size: int):
     name = str(cfg.trainer.strategy)
     if name == "auto":
         return "auto"
@@ -84,7 +84,8 @@ def build_strategy(cfg: Any, device_type: str):
     if name == "fsdp2":
         from lightning.pytorch.strategies import ModelParallelStrategy
 
-        return ModelParallelStrategy(data_parallel_size="auto", tensor_parallel_size=1)
+        # Pure data-parallel sharding over all ranks ("auto" would mean one data-parallel group per node).
+        return ModelParallelStrategy(data_parallel_size=world_size, tensor_parallel_size=1)
     raise ValueError(f"trainer.strategy={name!r}; choose auto | ddp | fsdp2")
 
 
@@ -265,7 +266,7 @@ def run_fit(cfg: Any, *, callbacks: list[Any] | None = None) -> dict[str, Any]:
         accelerator="gpu" if device_type == "cuda" else "cpu",
         devices=cfg.trainer.devices,
         num_nodes=cfg.trainer.num_nodes,
-        strategy=build_strategy(cfg, device_type),
+        strategy=build_strategy(cfg, device_type, world),
         precision=precision,
         max_steps=cfg.trainer.max_steps,
         max_epochs=-1,
@@ -303,8 +304,8 @@ def run_fit(cfg: Any, *, callbacks: list[Any] | None = None) -> dict[str, Any]:
         trainer.validate(module, datamodule=data, verbose=False)
     if getattr(module, "last_validation", None):
         summary["validation"] = module.last_validation
-    if cfg.export_hf and trainer.is_global_zero:
-        summary["hf_dir"] = str(module.export_hf(out / "hf"))
+    if cfg.export_hf:
+        summary["hf_dir"] = str(module.export_hf(out / "hf"))  # every rank: sharded weights are gathered
     if trainer.is_global_zero:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
         summary["metrics"] = metrics

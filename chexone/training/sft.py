@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any, Callable
 
 import torch
@@ -30,6 +30,7 @@ class SFTModule(ChexoneModule):
         self.style = prompt_style(cfg.data)
         self.val_generation = GenerationSettings(max_new_tokens=cfg.trainer.val_max_new_tokens)
         self._val: dict[str, list[float]] = defaultdict(list)
+        self._answers: dict[str, list[tuple[str, object]]] = defaultdict(list)
 
     def make_train_collator(self) -> SFTCollator:
         return SFTCollator(self.encoder, self.task_lookup, style=self.style, max_length=self.cfg.data.max_length,
@@ -67,6 +68,8 @@ class SFTModule(ChexoneModule):
             task = self.task_lookup(sample.task)
             self._val[f"correct/{task.family}"].append(float(task.is_correct(text, sample, reasoning=reasoning,
                                                                                style=self.style)))
+            group = f"{sample.task}/{sample.meta.get('question_type', '')}"
+            self._answers[task.family].append((group, task.parse_answer(task.answer_text(sample))))
             self._val["well_formed"].append(float(task.is_well_formed(text, sample, reasoning=reasoning,
                                                                       style=self.style)))
 
@@ -75,7 +78,8 @@ class SFTModule(ChexoneModule):
 
     def on_validation_epoch_end(self) -> None:
         v, self._val = self._val, defaultdict(list)
-        results = {}
+        answers, self._answers = self._answers, defaultdict(list)
+        results = {f"val/majority_baseline_{family}": majority_baseline(rows) for family, rows in answers.items()}
         if v["loss_tokens"]:
             results["val/loss"] = sum(v["loss_sum"]) / max(1, sum(v["loss_tokens"]))
         for key, values in v.items():
@@ -87,3 +91,13 @@ class SFTModule(ChexoneModule):
         self.last_validation = results
 
 
+
+
+def majority_baseline(rows: list[tuple[str, object]]) -> float:
+    """Accuracy of always answering the most frequent answer of each question group (task + question type),
+    over the same held-out samples: the bar a model that ignores the image can reach."""
+    by_group: dict[str, Counter] = defaultdict(Counter)
+    for group, answer in rows:
+        by_group[group][answer] += 1
+    hits = sum(c.most_common(1)[0][1] for c in by_group.values())
+    return hits / max(1, len(rows))
