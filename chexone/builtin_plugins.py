@@ -16,6 +16,12 @@ BUILTIN_TASKS: dict[str, str] = {
     "abnormality_grounding": "chexone.tasks.builtin:AbnormalityGroundingTask",
 }
 
-BUILTIN_REWARDS: dict[str, str] = {}
+BUILTIN_REWARDS: dict[str, str] = {
+    "format": "chexone.rewards.builtin:format_reward",
+    "vqa": "chexone.rewards.builtin:vqa_reward",
+    "vqa_strict": "chexone.rewards.builtin:vqa_strict_reward",
+    "grounding_iou": "chexone.rewards.builtin:grounding_iou_reward",
+    "report": "chexone.rewards.builtin:report_reward",
+}
 
 BUILTIN_METRICS: dict[str, str] = {}
