@@ -35,6 +35,9 @@ from chexone.config.schema import RecipeConfig
 
 RECIPES_ENV = "CHEXONE_RECIPES"
 GLOBAL_KEY = "_global_"
+#: ``_global_sft_:`` / ``_global_grpo_:`` blocks merge at the root like ``_global_``, only when the recipe's stage
+#: (as set so far) matches: one group file (e.g. data=demo) can scale both stages' demo runs.
+STAGE_GLOBAL = re.compile(r"_global_([a-z0-9]+)_")
 DEFAULTS_KEY = "defaults"
 MISSING = "???"
 COMMAND_LINE = None  # the source label of command-line overrides (error messages then carry no "in FILE")
@@ -459,12 +462,16 @@ class _Composer:
             self.errors.append(f"{src}: a group file cannot have a '{DEFAULTS_KEY}:' list (only recipes can).")
             raw.pop(DEFAULTS_KEY)
         glob = raw.pop(GLOBAL_KEY, None)
+        staged = {k: raw.pop(k) for k in [k for k in raw if STAGE_GLOBAL.fullmatch(str(k))]}
         self.apply({group: raw}, src)
-        if glob is not None:
-            if isinstance(glob, dict):
-                self.apply(glob, src)
+        blocks = [(GLOBAL_KEY, glob)] if glob is not None else []
+        stage = OmegaConf.select(self.cfg, "stage", default=None)
+        blocks += [(k, v) for k, v in staged.items() if STAGE_GLOBAL.fullmatch(k).group(1) == stage]
+        for key, block in blocks:
+            if isinstance(block, dict):
+                self.apply(block, src)
             else:
-                self.errors.append(f"'{GLOBAL_KEY}' in {src} must be a mapping, got {glob!r}")
+                self.errors.append(f"'{key}' in {src} must be a mapping, got {block!r}")
 
 
 @dataclasses.dataclass

@@ -158,6 +158,49 @@ class WandbConfig:
 
 
 @dataclass
+class RewardConfig:
+    name: str = doc("???", "Reward name in the chexone.rewards registry (built-in or plugin).")
+    weight: float = doc(1.0, "Weight in the total reward (0 = logged only).")
+    kwargs: dict[str, Any] = field(default_factory=dict, metadata={"doc": "Keyword arguments for the reward."})
+
+
+@dataclass
+class GRPOConfig:
+    num_generations: int = doc(8, "Completions sampled per prompt (G).", ge=2)
+    prompts_per_step: int = doc(2, "Prompts per generation batch on each device.", ge=1)
+    micro_batch_prompts: int = doc(1, "Prompts (x G completions) per forward/backward pass.", ge=1)
+    num_iterations: int = doc(1, "Optimizer steps per generation batch (mu); >1 computes old log-probs once.", ge=1)
+    temperature: float = doc(1.0, "Sampling temperature.", gt=0)
+    top_p: float = doc(0.9, "Nucleus sampling.", gt=0, le=1)
+    top_k: int = doc(50, "Top-k sampling (0 = off).", ge=0)
+    repetition_penalty: float = doc(1.1, "Repetition penalty during sampling.", gt=0)
+    max_completion_length: int = doc(2048, "Maximum new tokens per completion.", ge=1)
+    epsilon_low: float = doc(0.2, "Lower clip range: ratio >= 1 - epsilon_low.", ge=0)
+    epsilon_high: float = doc(0.2, "Upper clip range: ratio <= 1 + epsilon_high.", ge=0)
+    beta: float = doc(0.001, "KL (k3) coefficient to the frozen reference model; 0 = no reference model is loaded.",
+                      ge=0)
+    loss_type: str = doc("grpo", "Loss aggregation: grpo | bnpo | dr_grpo | dapo.",
+                         choices=("grpo", "bnpo", "dr_grpo", "dapo"))
+    scale_rewards: str = doc("group", "Advantage scaling: group (std of the group) | batch | none.",
+                             choices=("group", "batch", "none"))
+    mask_truncated_completions: bool = doc(False, "Exclude completions that hit max_completion_length from the loss.")
+    dynamic_sampling: bool = doc(False, "Drop prompt groups whose rewards all agree and refill the batch.")
+    max_resample_rounds: int = doc(3, "Extra generation rounds allowed per step to refill the batch.", ge=0)
+    rewards: list[RewardConfig] = field(
+        default_factory=lambda: [RewardConfig(name=n) for n in ("format", "vqa", "grounding_iou", "report")],
+        metadata={"doc": "Rewards summed into the total: a list of {name, weight, kwargs}."},
+    )
+    reward_errors: str = doc("fail", "When a reward raises: fail the run | zero (score 0 and count it).",
+                             choices=("fail", "zero"))
+    engine: str = doc("shared_prefill", "Rollout engine: shared_prefill (prefill each prompt once) | hf_generate.",
+                      choices=("shared_prefill", "hf_generate"))
+    log_completions_every_n_steps: int = doc(10, "Write sampled completions to completions.jsonl (and W&B) every N.",
+                                             ge=0)
+    init_from: str = doc("", "'' = model.path as given; 'demo_sft' = the cached stage-1 demo model (built once).",
+                         choices=("", "demo_sft"))
+
+
+@dataclass
 class RecipeConfig:
     recipe: str = doc("stage1_sft", "Recipe name (file in recipes/).")
     stage: str = doc("sft", "Training stage: sft | grpo.", choices=("sft", "grpo"))
@@ -168,4 +211,5 @@ class RecipeConfig:
     optim: OptimConfig = field(default_factory=OptimConfig, metadata={"doc": "Optimizer and schedule."})
     trainer: TrainerConfig = field(default_factory=TrainerConfig, metadata={"doc": "Loop, devices, checkpoints."})
     wandb: WandbConfig = field(default_factory=WandbConfig, metadata={"doc": "Weights & Biases logging."})
+    grpo: GRPOConfig = field(default_factory=GRPOConfig, metadata={"doc": "Stage-2 GRPO (used when stage=grpo)."})
     export_hf: bool = doc(True, "Write a Hugging Face model directory (model + processor) at the end.")

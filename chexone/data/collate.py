@@ -146,7 +146,8 @@ class PromptCollator:
             encoded.append(e)
             kept.append(s)
             modes.append(reasoning)
-        batch: dict[str, Any] = {"samples": kept, "reasoning": modes, "num_samples": len(kept)}
+        batch: dict[str, Any] = {"samples": kept, "reasoning": modes, "num_samples": len(kept),
+                                 "num_images": [len(s.images) for s in kept]}
         if not encoded:
             return batch
         input_ids = pad([e.input_ids for e in encoded], self.encoder.pad_token_id, "left")

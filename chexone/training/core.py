@@ -16,7 +16,8 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
+MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids",
+                    "mm_encoder_outputs")
 
 
 def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
@@ -67,6 +68,30 @@ def sft_loss(model: nn.Module, batch: dict[str, Any], ignore_index: int = -100) 
     if n == 0:
         return logits.sum() * 0.0, 0
     return F.cross_entropy(logits, targets), n
+
+
+def token_logps(model: nn.Module, batch: dict[str, Any], predict_mask: torch.Tensor, temperature: float = 1.0,
+                with_entropy: bool = False):
+    """Log-probs [B, T] of each token where ``predict_mask`` is set (0 elsewhere), from logits / ``temperature``;
+    with ``with_entropy`` also the predictive entropy [B, T] at those tokens (no gradient).
+
+    The same computation as the SFT loss's logits, so SFT and GRPO score tokens identically.
+    """
+    logits = next_token_logits(model, batch, predict_mask)
+    if temperature != 1.0:
+        logits = logits / temperature
+    targets = batch["input_ids"][:, 1:][predict_mask[:, 1:]]
+    log_probs = torch.log_softmax(logits, dim=-1)
+    picked = log_probs.gather(1, targets[:, None]).squeeze(1)
+    shifted = torch.zeros_like(predict_mask, dtype=torch.bool)
+    shifted[:, 1:] = predict_mask[:, 1:]
+    out = torch.zeros(predict_mask.shape, dtype=picked.dtype, device=picked.device).masked_scatter(shifted, picked)
+    if not with_entropy:
+        return out
+    with torch.no_grad():
+        ent = -(log_probs.exp() * log_probs).sum(-1)
+        entropy = torch.zeros(predict_mask.shape, dtype=ent.dtype, device=ent.device).masked_scatter(shifted, ent)
+    return out, entropy
 
 
 # ------------------------------------------------------------------------------------------------ schedule

@@ -24,6 +24,9 @@ log = logging.getLogger("chexone")
 warnings.filterwarnings("ignore", message=".*`IterableDataset` has `__len__` defined.*")
 warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
 warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+# GRPO (manual optimisation) checkpoints hold the weights after the step's update, matching global_step: intended.
+warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization.*")
+warnings.filterwarnings("ignore", message=".*passed in a `val_dataloader` but have no `validation_step`.*")
 
 
 # ------------------------------------------------------------------------------------------------ devices
@@ -108,11 +111,26 @@ def resolve_data(cfg: Any) -> None:
 class ChexoneDataModule(L.LightningDataModule):
     """Streams shards per rank; training collates in workers, validation yields raw sample lists."""
 
-    def __init__(self, cfg: Any, train_collate):
+    def __init__(self, cfg: Any, train_collate, batch_size: int):
         super().__init__()
         self.cfg = cfg
         self.train_collate = train_collate
+        self.batch_size = batch_size
         self.train_dataset = None
+        self._refill_iter = None
+
+    def refill(self, n: int) -> list:
+        """``n`` more training samples from a second stream (GRPO dynamic sampling), read in this process."""
+        from chexone.data.shards import build_train_dataset
+
+        if self._refill_iter is None:
+            rank, world = self._rank_world()
+            d = self.cfg.data
+            ds = build_train_dataset(d.train, samples_per_epoch=None, seed=self.cfg.trainer.seed + 7919, rank=rank,
+                                     world_size=world, shuffle_buffer=d.shuffle_buffer,
+                                     max_skip_fraction=d.max_skip_fraction, task_filter=list(d.tasks) or None)
+            self._refill_iter = _forever(ds)
+        return [next(self._refill_iter) for _ in range(n)]
 
     def skip_stats(self) -> dict[str, float]:
         """Corrupt/filtered sample counters of this rank's training stream (all workers)."""
@@ -134,17 +152,17 @@ class ChexoneDataModule(L.LightningDataModule):
         ds = self.train_dataset = build_train_dataset(
             d.train, samples_per_epoch=d.samples_per_epoch or None, seed=self.cfg.trainer.seed, rank=rank,
             world_size=world, shuffle_buffer=d.shuffle_buffer, max_skip_fraction=d.max_skip_fraction,
-            task_filter=list(d.tasks) or None, batch_size=d.micro_batch_size,
+            task_filter=list(d.tasks) or None, batch_size=self.batch_size,
         )
         return torch.utils.data.DataLoader(
-            ds, batch_size=d.micro_batch_size, collate_fn=self.train_collate, num_workers=d.num_workers,
+            ds, batch_size=self.batch_size, collate_fn=self.train_collate, num_workers=d.num_workers,
             persistent_workers=d.num_workers > 0, prefetch_factor=4 if d.num_workers > 0 else None,
         )
 
     def val_dataloader(self):
         from chexone.data.shards import build_eval_dataset
 
-        if not self.cfg.data.val:
+        if not self.cfg.data.val or self.cfg.stage == "grpo":
             return []
         rank, world = self._rank_world()
         ds = build_eval_dataset(self.cfg.data.val, rank=rank, world_size=world, limit=self.cfg.trainer.val_samples,
@@ -152,6 +170,14 @@ class ChexoneDataModule(L.LightningDataModule):
                                 task_filter=list(self.cfg.data.tasks) or None)
         return torch.utils.data.DataLoader(ds, batch_size=self.cfg.data.micro_batch_size, collate_fn=list,
                                            num_workers=0)
+
+
+def _forever(dataset):
+    epoch = 0
+    while True:
+        dataset.set_epoch(epoch)
+        yield from dataset
+        epoch += 1
 
 
 # ------------------------------------------------------------------------------------------------ logging
@@ -228,29 +254,38 @@ def run_fit(cfg: Any, *, callbacks: list[Any] | None = None) -> dict[str, Any]:
     from chexone.model import load_pretrained
     from chexone.tasks import get_task
 
-    if cfg.stage != "sft":
-        raise NotImplementedError(f"stage={cfg.stage!r} is not available yet (only sft)")
     L.seed_everything(cfg.trainer.seed, workers=True)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     device_type = device_type_for(cfg)
     world = world_size_for(cfg, device_type)
-    accumulate = accumulation_steps(cfg, world)
+    grpo = cfg.stage == "grpo"
+    accumulate = 1 if grpo else accumulation_steps(cfg, world)
     precision = resolve_precision(cfg, device_type)
     cfg.model.dtype = training_dtype(cfg, precision)
+    rank_zero = int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+    if grpo and cfg.grpo.init_from == "demo_sft":
+        from chexone.training.demo_init import ensure_demo_sft_model
+
+        cfg.model.path = str(ensure_demo_sft_model(cfg))
     loaded = load_pretrained(cfg.model, device_type=device_type)  # first: a missing model fails in seconds
     resolve_data(cfg)
     if not cfg.data.train:
         raise ValueError("data.train is empty: set data.train=<shards> or use data=demo")
     OmegaConf.save(cfg, out / "config.yaml", resolve=True)
-    from chexone.training.sft import SFTModule
 
-    module = SFTModule(cfg, loaded, get_task)
-    rank_zero = int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+    if grpo:
+        module, data, batch_desc = _build_grpo(cfg, loaded, device_type, get_task)
+    else:
+        from chexone.training.sft import SFTModule
+
+        module = SFTModule(cfg, loaded, get_task)
+        data = ChexoneDataModule(cfg, module.make_train_collator(), cfg.data.micro_batch_size)
+        batch_desc = (f"micro batch {cfg.data.micro_batch_size} x accumulation {accumulate} = global batch "
+                      f"{cfg.trainer.global_batch_size}")
     if rank_zero:
         print(loaded.summary(), flush=True)
-        print(f"devices: {world} x {device_type} | precision: {precision} | micro batch {cfg.data.micro_batch_size} "
-              f"x accumulation {accumulate} = global batch {cfg.trainer.global_batch_size} | "
+        print(f"stage: {cfg.stage} | devices: {world} x {device_type} | precision: {precision} | {batch_desc} | "
               f"output: {out}", flush=True)
 
     ckpt_dir = out / "checkpoints"
@@ -261,6 +296,7 @@ def run_fit(cfg: Any, *, callbacks: list[Any] | None = None) -> dict[str, Any]:
     if cfg.trainer.progress_bar:
         callbacks.append(StepProgressBar(refresh_rate=1))
     logger = build_logger(cfg, out)
+    validate = bool(cfg.data.val) and not grpo
     val_every = cfg.trainer.val_every_n_steps
     trainer = L.Trainer(
         accelerator="gpu" if device_type == "cuda" else "cpu",
@@ -271,11 +307,11 @@ def run_fit(cfg: Any, *, callbacks: list[Any] | None = None) -> dict[str, Any]:
         max_steps=cfg.trainer.max_steps,
         max_epochs=-1,
         accumulate_grad_batches=accumulate,
-        gradient_clip_val=cfg.optim.max_grad_norm or None,
+        gradient_clip_val=None if grpo else (cfg.optim.max_grad_norm or None),  # GRPO clips in its own step
         log_every_n_steps=cfg.trainer.log_every_n_steps,
-        val_check_interval=val_every * accumulate if (val_every and cfg.data.val) else None,
+        val_check_interval=val_every * accumulate if (val_every and validate) else None,
         check_val_every_n_epoch=None,
-        limit_val_batches=1.0 if (val_every and cfg.data.val) else 0,
+        limit_val_batches=1.0 if (val_every and validate) else 0,
         num_sanity_val_steps=0,
         logger=logger,
         callbacks=callbacks,
@@ -286,28 +322,49 @@ def run_fit(cfg: Any, *, callbacks: list[Any] | None = None) -> dict[str, Any]:
     )
     if logger:
         logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "model_summary": loaded.summary()})
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and not grpo:
             log_sample_previews(cfg, logger, module)
     ckpt_path = cfg.trainer.ckpt_path
     if ckpt_path == "last":
         ckpt_path = find_last_checkpoint(out)
         if ckpt_path is None:
             print(f"trainer.ckpt_path=last: no checkpoint in {ckpt_dir}, starting from scratch", flush=True)
-    data = ChexoneDataModule(cfg, module.make_train_collator())
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
 
     summary: dict[str, Any] = {"output_dir": str(out), "global_step": trainer.global_step,
                                "last_checkpoint": str(ckpt_dir / "last.ckpt")}
-    if cfg.data.val and (not val_every or trainer.global_step % val_every):
+    if validate and (not val_every or trainer.global_step % val_every):
         # Validate the final weights unless the in-loop validation just did.
         trainer.limit_val_batches = 1.0
         trainer.validate(module, datamodule=data, verbose=False)
     if getattr(module, "last_validation", None):
         summary["validation"] = module.last_validation
+    if grpo and trainer.is_global_zero:
+        from chexone.training.grpo_report import reward_trend
+
+        summary["reward_trend"] = reward_trend(module.history)
+        print(summary["reward_trend"]["message"], flush=True)
     if cfg.export_hf:
         summary["hf_dir"] = str(module.export_hf(out / "hf"))  # every rank: sharded weights are gathered
     if trainer.is_global_zero:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
         summary["metrics"] = metrics
-        print("done: " + " | ".join(f"{k}={v}" for k, v in summary.items() if k != "metrics"), flush=True)
+        print("done: " + " | ".join(f"{k}={v}" for k, v in summary.items()
+                                    if k not in ("metrics", "reward_trend")), flush=True)
     return summary
+
+
+def _build_grpo(cfg: Any, loaded: Any, device_type: str, get_task) -> tuple[Any, Any, str]:
+    """The GRPO module, its reference model (only when beta > 0) and its data (raw prompt lists)."""
+    from chexone.model import load_pretrained
+    from chexone.training.grpo import GRPOModule
+
+    ref = None
+    if cfg.grpo.beta > 0:
+        ref = load_pretrained(cfg.model, device_type=device_type, freeze=False).model
+    data = ChexoneDataModule(cfg, list, cfg.grpo.prompts_per_step)
+    module = GRPOModule(cfg, loaded, get_task, ref_model=ref, refill=data.refill)
+    g = cfg.grpo
+    desc = (f"{g.prompts_per_step} prompts x {g.num_generations} completions per step, {g.num_iterations} "
+            f"optimizer step(s) per generation batch, reference model: {'yes (beta=%g)' % g.beta if ref else 'none'}")
+    return module, data, desc
