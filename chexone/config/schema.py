@@ -201,6 +201,18 @@ class GRPOConfig:
 
 
 @dataclass
+class FilterConfig:
+    out: str = doc("${output_dir}/filtered", "Output directory: scores/, shards/, report.md, report.json.")
+    num_generations: int = doc(8, "Stochastic generations per sample (K).", ge=2)
+    temperature: float = doc(1.0, "Sampling temperature.", gt=0)
+    top_p: float = doc(1.0, "Nucleus sampling (1 = off).", gt=0, le=1)
+    top_k: int = doc(0, "Top-k sampling (0 = off).", ge=0)
+    max_completion_length: int = doc(1024, "Maximum new tokens per generation.", ge=1)
+    keep_fraction: float = doc(0.2, "Fraction kept within each task, highest reward variance first.", gt=0, le=1)
+    batch_prompts: int = doc(4, "Samples per generation batch (x K completions).", ge=1)
+
+
+@dataclass
 class RecipeConfig:
     recipe: str = doc("stage1_sft", "Recipe name (file in recipes/).")
     stage: str = doc("sft", "Training stage: sft | grpo.", choices=("sft", "grpo"))
@@ -212,4 +224,6 @@ class RecipeConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig, metadata={"doc": "Loop, devices, checkpoints."})
     wandb: WandbConfig = field(default_factory=WandbConfig, metadata={"doc": "Weights & Biases logging."})
     grpo: GRPOConfig = field(default_factory=GRPOConfig, metadata={"doc": "Stage-2 GRPO (used when stage=grpo)."})
+    filter: FilterConfig = field(default_factory=FilterConfig,
+                                 metadata={"doc": "Low-variance filtering (python -m chexone.filter)."})
     export_hf: bool = doc(True, "Write a Hugging Face model directory (model + processor) at the end.")
