@@ -113,11 +113,19 @@ def test_demo_run_needs_no_other_argument():
     assert (cfg.model.min_pixels, cfg.model.max_pixels) == (3136, 112 * 112)
     assert cfg.data.name == "demo" and list(cfg.data.train) == []
     assert (cfg.data.micro_batch_size, cfg.data.num_workers, cfg.data.max_length) == (8, 2, 512)
-    assert 100 <= cfg.trainer.max_steps <= 300
-    assert cfg.trainer.global_batch_size == 16
-    assert cfg.trainer.checkpoint_every_n_steps == 50
-    assert cfg.optim.lr == pytest.approx(1e-3)
+    # the demo-scale values come from the groups' _global_ blocks, not from the stage-1 recipe body
+    demo, tiny = _group_globals("data/demo.yaml"), _group_globals("model/tiny.yaml")
+    assert cfg.trainer.max_steps == demo["trainer"]["max_steps"] < 55000
+    assert cfg.trainer.global_batch_size == demo["trainer"]["global_batch_size"] < 256
+    assert cfg.trainer.checkpoint_every_n_steps == demo["trainer"]["checkpoint_every_n_steps"]
+    assert cfg.optim.lr == pytest.approx(tiny["optim"]["lr"]) and cfg.optim.lr > 1e-6
     assert cfg.optim.warmup_ratio > 0
+
+
+def _group_globals(rel):
+    import yaml
+
+    return yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / rel).read_text())["_global_"]
 
 
 # ------------------------------------------------------------------------------------------------ merge order
@@ -233,7 +241,7 @@ def test_interpolation(monkeypatch):
     monkeypatch.setenv("CHEXONE_CACHE", "/tmp/cx")
     monkeypatch.setenv("MY_RUNS", "/scratch/runs")
     cfg = load_config("stage1_sft", DEMO + ["output_dir=${oc.env:MY_RUNS}/${recipe}-${trainer.max_steps}"])
-    assert cfg.output_dir == "/scratch/runs/stage1_sft-150"
+    assert cfg.output_dir == f"/scratch/runs/stage1_sft-{_group_globals('data/demo.yaml')['trainer']['max_steps']}"
     assert cfg.model.tiny_cache_dir == "/tmp/cx/tiny-model"
     assert cfg.data.demo_dir == "/tmp/cx/demo-shards"
     monkeypatch.delenv("CHEXONE_CACHE")
@@ -397,9 +405,9 @@ def test_help_lists_every_key_with_description(capsys):
 def test_help_shows_recipe_values(capsys):
     assert parse_cli(["recipe=stage1_sft", "model=tiny", "data=demo", "-h"]) is None
     out = capsys.readouterr().out
-    assert "trainer.max_steps (int) = 150" in out
+    assert f"trainer.max_steps (int) = {_group_globals('data/demo.yaml')['trainer']['max_steps']}" in out
     assert "model.path (str) = tiny" in out
-    assert "optim.lr (float) = 0.001" in out
+    assert f"optim.lr (float) = {_group_globals('model/tiny.yaml')['optim']['lr']}" in out
     out = format_help("stage1_sft")
     assert "model.path (str) = Qwen/Qwen2.5-VL-3B-Instruct" in out
     assert "data.train (list[{path, weight}]) = ???" in out
