@@ -223,6 +223,7 @@ class GRPOModule(ChexoneModule):
                                     max_completion_length=g.max_completion_length, num_items_in_batch=num_items)
                     weight = 1.0 if g.loss_type == "dapo" else len(mb) / len(groups)
                     self.manual_backward(out.loss * weight)
+                    self.throughput.add(int(batch["attention_mask"].sum()), int(batch["attention_mask"].shape[0]))
                 stats["loss"].append(float(out.loss.detach()) * weight)
                 stats["kl"].append(out.kl)
                 stats["clip_low"].append(out.clip_low)
