@@ -67,6 +67,8 @@ def bench_rollout(args: argparse.Namespace) -> str:
                "hf_generate": HFGenerateEngine()}
     times: dict[str, list[float]] = {k: [] for k in ("shared_prefill", "hf_generate", "logps_shared", "logps_naive")}
     tokens = {}
+    for engine in engines.values():  # warm-up (allocator, kernels) outside the timed repeats
+        engine.generate(model, enc, batch, settings)
     for _ in range(args.repeats):
         for name, engine in engines.items():
             _sync(args.device)
