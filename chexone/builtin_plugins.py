@@ -24,4 +24,21 @@ BUILTIN_REWARDS: dict[str, str] = {
     "report": "chexone.rewards.builtin:report_reward",
 }
 
-BUILTIN_METRICS: dict[str, str] = {}
+BUILTIN_METRICS: dict[str, str] = {
+    # report generation (docs/metrics.md)
+    "bleu2": "chexone.metrics.text:BLEU2",
+    "bertscore": "chexone.metrics.bertscore:BERTScore",
+    "semb_score": "chexone.metrics.semb:SembScore",
+    "radgraph": "chexone.metrics.radgraph:RadGraphF1",
+    "radcliq": "chexone.metrics.radcliq:RadCliQ",
+    "ratescore": "chexone.metrics.ratescore:RaTEScore",
+    # close-ended and open questions
+    "accuracy": "chexone.metrics.classification:Accuracy",
+    "exact_match": "chexone.metrics.classification:ExactMatch",
+    # grounding
+    "iou": "chexone.metrics.grounding:GroundingIoU",
+    "map": "chexone.metrics.grounding:GroundingMAP",
+    # reasoning
+    "factuality": "chexone.metrics.reasoning:Factuality",
+    "self_consistency": "chexone.metrics.reasoning:SelfConsistency",
+}
