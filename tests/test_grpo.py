@@ -92,3 +92,59 @@ def test_grpo_learns_a_simple_reward(tmp_path, cache_dir, demo_shards, tiny_dir)
     summary = run_fit(cfg)
     trend = summary["reward_trend"]["reward/total_mean"]
     assert trend["last"] > trend["first"] + 0.05, trend
+
+
+def constant_reward(responses, samples, **_):
+    return [1.0] * len(responses)
+
+
+def flaky_reward(responses, samples, **_):
+    if any(s.task == "phrase_grounding" for s in samples):
+        raise RuntimeError("boom")
+    return [0.5] * len(responses)
+
+
+for _name, _fn in (("test_constant", constant_reward), ("test_flaky", flaky_reward)):
+    if _name not in REWARDS:
+        REWARDS.register(_name, _fn)
+
+
+def test_resume_mu_iterations_dynamic_sampling_and_truncation_mask(tmp_path, cache_dir, demo_shards, tiny_dir):
+    import csv
+
+    from chexone.config.load import load_config
+    from chexone.training.run import run_fit
+
+    out = tmp_path / "g"
+    common = {"grpo.num_iterations": 2, "grpo.dynamic_sampling": "true", "grpo.max_resample_rounds": 2,
+              "grpo.rewards": "[{name: test_constant}]", "grpo.mask_truncated_completions": "true",
+              "grpo.beta": 0, "trainer.checkpoint_every_n_steps": 2, "grpo.micro_batch_prompts": 1}
+    first = run_fit(load_config("stage2_grpo", grpo_overrides(out, **common, **{"trainer.max_steps": 2})))
+    # mu = 2: one generation batch gives two optimizer steps
+    assert first["global_step"] == 2
+    rows = [r for r in csv.DictReader((out / "csv" / "metrics.csv").open()) if r.get("train/dynamic_sampling/rounds")]
+    assert len(rows) == 1
+    # every group has zero reward variance -> the refill ran its full bounded number of rounds
+    assert float(rows[0]["train/dynamic_sampling/rounds"]) == 2
+    assert float(rows[0]["train/frac_reward_zero_std"]) == 1.0
+    # all completions hit the 12-token limit here, so with the truncation mask nothing is learned: loss 0
+    if float(rows[0]["train/completion/truncated_frac"]) == 1.0:
+        assert float(rows[0]["train/loss"]) == 0.0
+    second = run_fit(load_config("stage2_grpo", grpo_overrides(
+        out, **common, **{"trainer.max_steps": 4, "trainer.ckpt_path": "last"})))
+    assert second["global_step"] == 4  # resumed from step 2, not from 0
+
+
+def test_reward_errors_name_the_reward_and_sample_or_score_zero(tmp_path, cache_dir, demo_shards, tiny_dir):
+    from chexone.config.load import load_config
+    from chexone.training.grpo import RewardError
+    from chexone.training.run import run_fit
+
+    bad = {"grpo.rewards": "[{name: test_flaky}]", "data.tasks": "[phrase_grounding]", "trainer.max_steps": 1,
+           "grpo.beta": 0, "logger": "none"}
+    with pytest.raises(RewardError, match=r"reward 'test_flaky' failed on sample 'demo-train-\d+' \(task "
+                                          r"phrase_grounding\) with completion"):
+        run_fit(load_config("stage2_grpo", grpo_overrides(tmp_path / "a", **bad)))
+    summary = run_fit(load_config("stage2_grpo", grpo_overrides(tmp_path / "b", **{**bad, "logger": "csv",
+                                                                                  "grpo.reward_errors": "zero"})))
+    assert summary["metrics"]["train/reward_errors/test_flaky"] == 8.0  # 2 prompts x 4 completions scored 0
