@@ -6,7 +6,10 @@ Layout of one shard set (one output directory)::
     sizes.json                                      # {shard file name: sample count}
     manifest.json                                   # builder, version, arguments, schema version, task counts, ...
 
-``<key>.json`` is ``sample.to_json()`` (UTF-8); images are PNG. Nothing is pickled. The output is byte-for-byte
+``<key>.json`` is ``sample.to_json()`` (UTF-8); images are PNG. Nothing is pickled. :meth:`ShardWriter.write_group`
+stores an image that several samples of the group share once, as a shared image member ``__shared__<digest>.png``
+written just before the group's samples, which name it in their ``"images"`` lists (the reader,
+:mod:`chexone.data.shards`, resolves it; see its docstring for the scoping rule). The output is byte-for-byte
 deterministic for the same samples: tar headers carry mtime 0, uid/gid 0 and no user names, PNGs carry no time chunk.
 A shard is written as ``<name>.tmp`` and renamed when complete; ``sizes.json``/``manifest.json`` are written only by
 a successful :meth:`ShardWriter.close`, so a crashed build is recognisable by their absence.
@@ -31,6 +34,17 @@ from chexone.data.sample import SCHEMA_VERSION, Sample
 
 _KEY_OK = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 
+#: Key prefix of shared image members; must equal ``chexone.data.shards.SHARED_IMAGE_PREFIX`` (checked by a test; not
+#: imported from there because that module imports torch, which shard-building workers do not need).
+SHARED_IMAGE_PREFIX = "__shared__"
+
+
+def image_digest(image: Image.Image) -> str:
+    """Content digest of a decoded image (mode, size and pixels): equal images share one stored member."""
+    h = hashlib.sha1(f"{image.mode}|{image.size[0]}x{image.size[1]}|".encode())
+    h.update(image.tobytes())
+    return h.hexdigest()[:24]
+
 
 def sample_key(sample_id: str) -> str:
     """WebDataset key for a sample id: the id itself when it is made of ``[A-Za-z0-9_-]`` (WebDataset splits member
@@ -42,12 +56,13 @@ def sample_key(sample_id: str) -> str:
     return f"{clean}_{digest}" if clean else digest
 
 
-def encode_png(image: Image.Image) -> bytes:
-    """Deterministic PNG bytes (no timestamps or text chunks)."""
+def encode_png(image: Image.Image, compress_level: int = 6) -> bytes:
+    """Deterministic PNG bytes (no timestamps or text chunks). zlib level 6 is PIL's default; level 3 encodes a
+    512x512 radiograph ~4x faster for ~10% more bytes (the shard builder's default)."""
     if image.mode not in ("1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16"):
         image = image.convert("RGB")
     buf = io.BytesIO()
-    image.save(buf, format="PNG", optimize=False, compress_level=6)
+    image.save(buf, format="PNG", optimize=False, compress_level=compress_level)
     return buf.getvalue()
 
 
@@ -84,6 +99,7 @@ class ShardWriter:
         builder, builder_version, arguments: recorded in ``manifest.json`` (arguments must be plain JSON).
         overwrite: remove existing ``<prefix>-*.tar``, ``sizes.json`` and ``manifest.json`` first; otherwise their
             presence is an error.
+        png_compress_level: zlib level (0-9) of the PNG image members.
     """
 
     def __init__(
@@ -96,11 +112,15 @@ class ShardWriter:
         builder_version: str = "0",
         arguments: dict[str, Any] | None = None,
         overwrite: bool = False,
+        png_compress_level: int = 6,
     ):
         if max_samples_per_shard < 1:
             raise ValueError(f"max_samples_per_shard must be >= 1, got {max_samples_per_shard}")
         if not re.match(r"^[A-Za-z0-9_.-]+$", prefix):
             raise ValueError(f"shard prefix {prefix!r} must be made of letters, digits, '_', '-', '.'")
+        if not 0 <= png_compress_level <= 9:
+            raise ValueError(f"png_compress_level must be in 0..9, got {png_compress_level}")
+        self.png_compress_level = int(png_compress_level)
         self.out_dir = Path(out_dir)
         self.prefix = prefix
         self.max_samples_per_shard = max_samples_per_shard
@@ -123,6 +143,9 @@ class ShardWriter:
         self._tar_name = ""
         self._in_shard = 0
         self.manifest: dict[str, Any] | None = None
+        #: Image members written per sample, and shared image members (each stored once for several samples).
+        self.image_members = 0
+        self.shared_images = 0
 
     # ------------------------------------------------------------------ context manager
     def __enter__(self) -> ShardWriter:
@@ -149,32 +172,106 @@ class ShardWriter:
         return sum(self.sizes.values())
 
     def write(self, sample: Sample) -> str:
-        """Append one sample; returns its key."""
+        """Append one sample; returns its key. Its images are stored as its own members (``<key>.img{i}.png``)."""
+        key, record = self._prepare(sample, {})
+        members = [(f"{key}.json", record)]
+        members += [(f"{key}.img{i}.png", encode_png(img, self.png_compress_level))
+                    for i, img in enumerate(sample.images)]
+        self._emit([], [(key, sample.task, members)])
+        return key
+
+    def write_group(self, samples: list[Sample]) -> list[str]:
+        """Append samples that belong together (e.g. all questions about one image); returns their keys.
+
+        An image (by pixel content, :func:`image_digest`) used by two or more samples of the group is encoded and
+        stored once, as a shared image member just before the group; the others are stored per sample as in
+        :meth:`write`. The whole group goes into one shard: a new shard is started first when the group would not
+        fit in the current one (a group larger than ``max_samples_per_shard`` gets a shard of its own).
+        """
+        if not samples:
+            return []
+        digests = [[image_digest(img) for img in s.images] for s in samples]
+        users: Counter[str] = Counter()
+        for ds in digests:
+            users.update(set(ds))
+        shared_names: dict[str, str] = {}
+        shared_members: list[tuple[str, bytes]] = []
+        for s, ds in zip(samples, digests):
+            for img, d in zip(s.images, ds):
+                if users[d] > 1 and d not in shared_names:
+                    shared_names[d] = f"{SHARED_IMAGE_PREFIX}{d}.png"
+                    shared_members.append((shared_names[d], encode_png(img, self.png_compress_level)))
+        entries = []
+        keys: set[str] = set()
+        for s, ds in zip(samples, digests):
+            names = {i: shared_names[d] for i, d in enumerate(ds) if d in shared_names}
+            key, record = self._prepare(s, names)
+            if key in keys:
+                raise ValueError(f"duplicate sample id {s.id!r} (key {key!r}) within one group")
+            keys.add(key)
+            members = [(f"{key}.json", record)]
+            members += [(f"{key}.img{i}.png", encode_png(img, self.png_compress_level))
+                        for i, img in enumerate(s.images) if i not in names]
+            entries.append((key, s.task, members))
+        self._emit(shared_members, entries)
+        return [k for k, _, _ in entries]
+
+    def write_raw_group(self, shared: list[tuple[str, bytes]], samples: list[tuple[str, str, list[tuple[str, bytes]]]]
+                        ) -> None:
+        """Append already-encoded members: ``shared`` = [(member name, bytes)] of shared images, ``samples`` =
+        [(key, task, [(member name, bytes), ...])] with each sample's ``<key>.json`` first. Used to copy samples
+        between shard sets without decoding images (``webdata.reason``)."""
+        for key, _, members in samples:
+            self._check_key(key, key)
+            if not members or members[0][0] != f"{key}.json":
+                raise ValueError(f"sample {key!r}: the first member must be {key}.json")
+        for name, _ in shared:
+            if not name.startswith(SHARED_IMAGE_PREFIX) or "/" in name:
+                raise ValueError(f"shared image member {name!r} must be named {SHARED_IMAGE_PREFIX}<digest>.png")
+        self._emit(list(shared), samples)
+
+    def _check_key(self, key: str, sample_id: str) -> None:
+        if key.startswith(SHARED_IMAGE_PREFIX):
+            raise ValueError(f"sample id {sample_id!r}: keys starting with {SHARED_IMAGE_PREFIX!r} are reserved")
+        if key in self._keys:
+            raise ValueError(f"duplicate sample id {sample_id!r} (key {key!r})")
+
+    def _prepare(self, sample: Sample, shared_names: dict[int, str]) -> tuple[str, bytes]:
+        """Check a sample and encode its JSON record; ``shared_names`` maps image positions to shared members."""
         if self.manifest is not None:
             raise RuntimeError("ShardWriter is closed")
         for name in ("id", "task", "question", "answer"):
             if not isinstance(getattr(sample, name), str):
                 raise TypeError(f"sample {sample.id!r}: field {name!r} must be a string")
         key = sample_key(sample.id)
-        if key in self._keys:
-            raise ValueError(f"duplicate sample id {sample.id!r} (key {key!r})")
+        self._check_key(key, sample.id)
+        obj = sample.to_json()
+        obj["images"] = [shared_names.get(i, name) for i, name in enumerate(obj["images"])]
         try:
-            record = json.dumps(sample.to_json(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            record = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         except (TypeError, ValueError) as e:
             raise TypeError(f"sample {sample.id!r} is not JSON-serialisable: {e}") from e
-        members = [(f"{key}.json", record)]
-        members += [(f"{key}.img{i}.png", encode_png(img)) for i, img in enumerate(sample.images)]
+        return key, record
 
-        if self._tar is None or self._in_shard >= self.max_samples_per_shard:
+    def _emit(self, shared: list[tuple[str, bytes]], entries: list[tuple[str, str, list[tuple[str, bytes]]]]) -> None:
+        """Write a shared block and samples into one shard (starting a new shard when they would not fit)."""
+        if self.manifest is not None:
+            raise RuntimeError("ShardWriter is closed")
+        if self._tar is None or (self._in_shard and self._in_shard + len(entries) > self.max_samples_per_shard):
             self._next_shard()
         assert self._tar is not None
-        for name, data in members:
+        for name, data in shared:
             self._tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
-        self._keys.add(key)
-        self._in_shard += 1
+        self.shared_images += len(shared)
+        for key, task, members in entries:
+            for name, data in members:
+                self._tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
+                if not name.endswith(".json"):
+                    self.image_members += 1
+            self._keys.add(key)
+            self._in_shard += 1
+            self.task_counts[task] += 1
         self.sizes[self._tar_name] = self._in_shard
-        self.task_counts[sample.task] += 1
-        return key
 
     def _next_shard(self) -> None:
         self._finish_shard()
@@ -212,6 +309,8 @@ class ShardWriter:
             "pattern": brace_pattern(".", self.shard_names).removeprefix("./"),
             "task_counts": dict(sorted(self.task_counts.items())),
             "total": self.total,
+            "image_members": self.image_members,
+            "shared_images": self.shared_images,
             "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
         _write_json(self.out_dir / "sizes.json", self.sizes)

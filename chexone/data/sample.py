@@ -2,8 +2,9 @@
 
 A shard sample is stored as WebDataset members with one key:
 ``<key>.json`` (the fields below except ``images``, plus ``"images": ["img0.png", ...]`` naming the image members)
-and ``<key>.img0.png``, ``<key>.img1.png`` ... (PNG or JPEG bytes). Nothing else is read; pickles never are.
-See docs/data.md.
+and ``<key>.img0.png``, ``<key>.img1.png`` ... (PNG or JPEG bytes). An image shared by several samples may instead be
+stored once as a ``__shared__<digest>.png`` member before them and named so in their ``images`` list. Nothing else is
+read; pickles never are. See docs/data.md.
 """
 
 from __future__ import annotations

@@ -20,6 +20,13 @@ Skip statistics: each process (main or DataLoader worker) counts what it read/sk
 skipped fraction exceeds ``max_skip_fraction``. Every count is also mirrored into a small shared-memory table owned by
 the dataset object (one row per worker), so the main process can call ``dataset.skip_stats()`` at any time and get
 the totals over all of its workers — no piggy-backing on the sample stream.
+
+Shared images: an image used by several samples (e.g. one radiograph with five grounding questions) may be stored once
+as a *shared image member* ``__shared__<digest>.png`` (its own key, no JSON) placed before the samples that use it in
+the same tar; a sample names it in its ``"images"`` list by that full member name instead of ``img{i}.png``. Shared
+members that follow each other form a block; a block is visible to the samples after it until the next block begins,
+so the reader holds at most one block in memory. Shared members are not samples: they are never counted in
+``sizes.json``, never split over ranks, and always read.
 """
 
 from __future__ import annotations
@@ -67,6 +74,9 @@ REASONS = (
     "truncated_tar",  # the tar ends inside a sample, or holds fewer samples than sizes.json says
     "unreadable_shard",  # the file cannot be opened or is not a tar
 )
+
+#: Key prefix of shared image members (see the module docstring); no sample key may start with it.
+SHARED_IMAGE_PREFIX = "__shared__"
 
 #: Image member extensions that are decoded; everything except these and "json" is ignored unread.
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg")
@@ -358,6 +368,8 @@ class _Raw:
     shard: str
     key: str
     members: dict[str, bytes] = field(default_factory=dict)
+    #: The shared image block in scope for this sample: member name (``__shared__<digest>.png``) -> bytes.
+    shared: dict[str, bytes] = field(default_factory=dict)
 
 
 @dataclass
@@ -404,6 +416,8 @@ def _read_shard(
     seen = 0
     current: _Raw | None = None
     key: str | None = None
+    shared: dict[str, bytes] = {}  # the shared image block in scope
+    in_shared = False  # the previous key was a shared image member
     fileobj = None
     try:
         fileobj = open(path, "rb")
@@ -430,13 +444,27 @@ def _read_shard(
                 if member_key != key:
                     if current is not None:
                         yield current
-                    if stop is not None and start + seen >= stop:
-                        return seen
-                    key, index = member_key, start + seen
-                    seen += 1
-                    current = _Raw(path, key) if wanted(index) else None
-                    if current is not None:
-                        tracker.read()
+                        current = None
+                    key = member_key
+                    if member_key.rpartition("/")[2].startswith(SHARED_IMAGE_PREFIX):
+                        if not in_shared:  # a new block replaces the previous one (a fresh dict: no aliasing)
+                            shared, in_shared = {}, True
+                    else:
+                        in_shared = False
+                        if stop is not None and start + seen >= stop:
+                            return seen
+                        index = start + seen
+                        seen += 1
+                        current = _Raw(path, key, shared=shared) if wanted(index) else None
+                        if current is not None:
+                            tracker.read()
+                if in_shared:
+                    if ext.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS:
+                        data = tar.extractfile(member)
+                        shared[f"{member_key.rpartition('/')[2]}.{ext}"] = data.read() if data is not None else b""
+                    else:
+                        tracker.ignored(ext)
+                    continue
                 if current is None:
                     continue
                 if not _wanted_member(ext):
@@ -487,11 +515,12 @@ def _parse(raw: _Raw, tracker: _Tracker, task_filter: frozenset[str] | None) -> 
     ):
         tracker.skip("bad_image_name", shard, key, f"'images' must list <name>.png|jpg|jpeg strings, got {names!r}")
         return None
-    absent = [n for n in names if n not in raw.members]
+    absent = [n for n in names if n not in raw.members and n not in raw.shared]
     if absent:
-        tracker.skip("missing_image", shard, key, f"no member(s) {[f'{key}.{n}' for n in absent]}")
+        shown = [n if n.startswith(SHARED_IMAGE_PREFIX) else f"{key}.{n}" for n in absent]
+        tracker.skip("missing_image", shard, key, f"no member(s) {shown}")
         return None
-    return _Parsed(shard, key, record, [raw.members[n] for n in names])
+    return _Parsed(shard, key, record, [raw.members[n] if n in raw.members else raw.shared[n] for n in names])
 
 
 def decode_image(data: bytes) -> Image.Image:
@@ -856,6 +885,7 @@ def build_eval_dataset(
 __all__ = [
     "IMAGE_EXTENSIONS",
     "REASONS",
+    "SHARED_IMAGE_PREFIX",
     "ShardDataError",
     "ShardEvalDataset",
     "ShardSet",
