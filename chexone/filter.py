@@ -7,7 +7,6 @@ Resumable: finished shards' scores are kept in ``<filter.out>/scores/`` and not 
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -57,20 +56,9 @@ def run_filter(cfg: Any) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from chexone.config.cli import parse_cli_or_exit
+    from chexone.config.cli import run_command
 
-    cfg = parse_cli_or_exit(argv, command="filter")
-    if cfg is None:
-        return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from chexone.model import ModelLoadError
-
-    try:
-        run_filter(cfg)
-    except ModelLoadError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(argv, "filter", run_filter)
 
 
 if __name__ == "__main__":

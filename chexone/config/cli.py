@@ -219,3 +219,23 @@ def parse_cli_or_exit(
         print(f"error: {e}", file=sys.stderr)
         print(f"(python -m chexone.{command} --help lists every key; ls lists recipes)", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def run_command(argv: Sequence[str] | None, command: str, run: Any, *, schema: type = RecipeConfig) -> int:
+    """The shared ``main()`` of the ``python -m chexone.<command>`` entry points: parse the recipe (``--help``/``ls``
+    print and return 0; config errors exit 2), set up logging, call ``run(cfg)``, and turn a model that cannot be
+    loaded into a one-line error with exit code 2."""
+    import logging
+
+    cfg = parse_cli_or_exit(argv, command=command, schema=schema)
+    if cfg is None:
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from chexone.model import ModelLoadError
+
+    try:
+        run(cfg)
+    except ModelLoadError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
