@@ -39,6 +39,9 @@ class SamplingSettings:
     top_k: int = 50
     repetition_penalty: float = 1.1
     do_sample: bool = True
+    #: Keep the sampled tokens' log-probs (GRPO needs them; plain evaluation does not: HF ``generate`` would hold
+    #: every step's full-vocabulary logits to provide them).
+    return_logps: bool = True
 
 
 @dataclass
@@ -191,7 +194,8 @@ class HFGenerateEngine:
             max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample,
             num_return_sequences=settings.num_generations, eos_token_id=encoder.eos_token_id,
             pad_token_id=encoder.pad_token_id, suppress_tokens=encoder.suppressed_token_ids(),
-            repetition_penalty=settings.repetition_penalty, output_logits=True, return_dict_in_generate=True,
+            repetition_penalty=settings.repetition_penalty, output_logits=settings.return_logps,
+            return_dict_in_generate=True,
         )
         if settings.do_sample:
             kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k or None)
@@ -204,9 +208,12 @@ class HFGenerateEngine:
         finally:
             model.train(was_training)
         tokens = out.sequences[:, inputs["input_ids"].shape[1] :]
-        temperature = settings.temperature if settings.do_sample else 1.0
-        raw = torch.stack(out.logits, dim=1).float() / temperature
-        logps = torch.log_softmax(raw, dim=-1).gather(2, tokens[..., None]).squeeze(2)
+        if settings.return_logps:
+            temperature = settings.temperature if settings.do_sample else 1.0
+            raw = torch.stack(out.logits, dim=1).float() / temperature
+            logps = torch.log_softmax(raw, dim=-1).gather(2, tokens[..., None]).squeeze(2)
+        else:
+            logps = torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
         return _finish(encoder, tokens, logps)
 
 
