@@ -6,8 +6,8 @@ import pytest
 
 from chexone.data.sample import Sample
 from chexone.registry import METRICS, REWARDS
+from chexone.tasks.answers import box_iou
 from chexone.rewards.builtin import (
-    box_iou,
     format_reward,
     grounding_iou_reward,
     report_reward,

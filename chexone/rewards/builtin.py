@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from chexone.data.sample import Sample
 from chexone.tasks import get_task
-from chexone.tasks.answers import BOXED, extract_boxed, find_boxed, parse_boxes, parse_option_letters
+from chexone.tasks.answers import BOXED, box_iou, extract_boxed, find_boxed, parse_boxes, parse_option_letters
 
 _TRAILING_OK = set(string.whitespace + string.punctuation)
 
@@ -84,15 +84,6 @@ def vqa_strict_reward(responses: Sequence[str], samples: Sequence[Sample], *, bo
 
 
 # ----------------------------------------------------------------------------------------------------- grounding
-
-
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """IoU of two (x1, y1, x2, y2) boxes with continuous areas (torchvision ``box_iou`` semantics); 0 if degenerate."""
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def grounding_iou_reward(responses: Sequence[str], samples: Sequence[Sample], *, boxed: str = "last",

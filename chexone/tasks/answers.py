@@ -6,6 +6,7 @@ These are the single source of truth for answer formats; tasks, rewards and metr
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 BOXED = "\\boxed{"
@@ -129,3 +130,16 @@ def parse_boxes(text: str, *, strict_range: bool = True) -> list[RefBox]:
             continue
         out.append(RefBox(m.group("name").strip(), min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)))
     return out
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """IoU of two (x1, y1, x2, y2) boxes with continuous areas (torchvision ``box_iou`` semantics); 0 if degenerate.
+
+    The one scalar IoU of the project (rewards, box merging in the shard builders); the batched tensor version for
+    metrics is ``chexone.metrics.grounding.box_iou``.
+    """
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0

@@ -24,20 +24,12 @@ from collections.abc import Iterator
 from typing import Any
 
 from chexone.data.sample import Sample
-from chexone.tasks.answers import format_boxes
+from chexone.tasks.answers import box_iou, format_boxes
 from webdata.sources.common import Skip, Source, SplitIndex, Unit, grid_boxes, read_csv, require_columns
 
 NO_FINDING = "no finding"
 QUESTION = "Detect {name} in the given image."
 IMAGE_EXTS = (".dicom", ".dcm", ".png", ".jpg", ".jpeg")
-
-
-def iou(a: list[float], b: list[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def merge_boxes(boxes: list[list[float]], mode: str, threshold: float) -> list[list[float]]:
@@ -50,7 +42,7 @@ def merge_boxes(boxes: list[list[float]], mode: str, threshold: float) -> list[l
         base = rest.pop(0)
         group, keep = [base], []
         for b in rest:
-            (group if iou(base, b) > threshold else keep).append(b)
+            (group if box_iou(base, b) > threshold else keep).append(b)
         rest = keep
         if mode == "union":
             out.append([min(b[0] for b in group), min(b[1] for b in group),
