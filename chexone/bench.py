@@ -12,7 +12,6 @@ import platform
 import statistics
 import sys
 import time
-from typing import Any
 
 import torch
 

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from chexone.data.collate import IGNORE_INDEX, PromptCollator, SFTCollator

@@ -1,6 +1,5 @@
 """Model loading: the tiny model through the real from_pretrained path, attention choice, freezing, export."""
 
-import os
 
 import pytest
 import torch

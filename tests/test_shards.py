@@ -11,7 +11,6 @@ import json
 import logging
 import pickle
 import tarfile
-from collections import Counter
 from pathlib import Path
 
 import numpy as np

@@ -288,5 +288,51 @@ class PerSampleMetric(Metric):
         return dim_zero_cat(self.values)
 
 
+class ColumnMeanMetric(Metric):
+    """Base of metrics that give several named values per (prediction, target) pair and report their means.
+
+    Subclasses set ``columns`` and implement ``_rows(preds, targets) -> list[dict[str, float]]``. States (reduced
+    across DDP ranks): per-column ``total``, ``count`` and the per-sample rows ``values`` (concatenated).
+    """
+
+    full_state_update = False
+    is_differentiable = False
+    columns: tuple[str, ...] = ()
+    primary: str = ""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.add_state("total", default=torch.zeros(len(self.columns), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("values", default=[], dist_reduce_fx="cat")
+
+    def _rows(self, preds: list[Any], targets: list[Any]) -> list[dict[str, float]]:  # pragma: no cover
+        raise NotImplementedError
+
+    def update(self, preds: Sequence[Any], targets: Sequence[Any]) -> None:
+        rows = self._rows(list(preds), list(targets))
+        if not rows:
+            return
+        t = torch.tensor([[r[k] for k in self.columns] for r in rows], dtype=torch.float64)
+        self.total += t.sum(0)
+        self.count += t.shape[0]
+        self.values.append(t)
+
+    def compute(self) -> dict[str, Tensor]:
+        n = int(self.count)
+        means = self.total / n if n else torch.full_like(self.total, float("nan"))
+        return {k: means[i] for i, k in enumerate(self.columns)}
+
+    def per_sample(self, key: str | None = None) -> Tensor:
+        """One column of the per-sample rows seen so far (default: ``primary``; after a sync: of all ranks)."""
+        if isinstance(self.values, Tensor):
+            vals = self.values
+        elif self.values:
+            vals = dim_zero_cat(self.values)
+        else:
+            vals = torch.zeros(0, len(self.columns), dtype=torch.float64)
+        return vals[:, self.columns.index(key or self.primary)]
+
+
 def as_path(p: str | os.PathLike | None) -> Path | None:
     return None if p is None else Path(os.path.expanduser(str(p)))

@@ -23,10 +23,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torchmetrics import Metric
-from torchmetrics.utilities.data import dim_zero_cat
 
-from chexone.metrics._common import LRUCache, cached_batch, check_pairs
+from chexone.metrics._common import ColumnMeanMetric, LRUCache, cached_batch, check_pairs
 from chexone.metrics.text import bleu2
 
 __all__ = [
@@ -132,18 +130,17 @@ class RadCliQScorer:
         return {"hits": self._cache.hits, "misses": self._cache.misses, "size": len(self._cache)}
 
 
-class RadCliQ(Metric):
+class RadCliQ(ColumnMeanMetric):
     """Corpus RadCliQ-v1: ``compute()`` -> dict with ``inv_radcliq`` (= 1/mean RadCliQ, the paper's 1/RadCliQ;
     primary), ``radcliq`` (mean) and the four feature means. Settings as :class:`RadCliQScorer`.
 
     Also ``score(preds, refs) -> list[float]`` per sample (lower is better), which the report reward uses.
     """
 
-    full_state_update = False
-    is_differentiable = False
     higher_is_better = True  # for the primary value 1/mean(RadCliQ)
     lower_is_better = True  # for the per-sample scores of score()
     primary = "inv_radcliq"
+    columns = tuple(RADCLIQ_COLUMNS)
 
     def __init__(self, *, scorer: RadCliQScorer | None = None, **settings: Any):
         metric_kwargs = {k: settings.pop(k) for k in list(settings)
@@ -151,30 +148,17 @@ class RadCliQ(Metric):
                                   "distributed_available_fn", "sync_on_compute", "compute_with_cache")}
         super().__init__(**metric_kwargs)
         self.scorer = scorer or RadCliQScorer(**settings)
-        self.add_state("total", default=torch.zeros(len(RADCLIQ_COLUMNS), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("values", default=[], dist_reduce_fx="cat")
 
     def score(self, preds: Sequence[str], refs: Sequence[str]) -> list[float]:
         return self.scorer.score(preds, refs)
 
-    def update(self, preds: Sequence[str], targets: Sequence[str]) -> None:
-        rows = self.scorer.score_components(list(preds), list(targets))
-        if not rows:
-            return
-        t = torch.tensor([[r[k] for k in RADCLIQ_COLUMNS] for r in rows], dtype=torch.float64)
-        self.total += t.sum(0)
-        self.count += t.shape[0]
-        self.values.append(t)
+    def _rows(self, preds: list[str], targets: list[str]) -> list[dict[str, float]]:
+        return self.scorer.score_components(preds, targets)
 
     def compute(self) -> dict[str, torch.Tensor]:
-        n = int(self.count)
-        means = self.total / n if n else torch.full_like(self.total, float("nan"))
-        out = {k: means[i] for i, k in enumerate(RADCLIQ_COLUMNS)}
+        out = super().compute()
         out["inv_radcliq"] = 1.0 / out["radcliq"]
         return out
 
-    def per_sample(self, key: str = "radcliq") -> torch.Tensor:
-        vals = self.values if isinstance(self.values, torch.Tensor) else (
-            dim_zero_cat(self.values) if self.values else torch.zeros(0, len(RADCLIQ_COLUMNS), dtype=torch.float64))
-        return vals[:, RADCLIQ_COLUMNS.index(key)]
+    def per_sample(self, key: str | None = None) -> torch.Tensor:
+        return super().per_sample(key or "radcliq")

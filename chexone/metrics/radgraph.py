@@ -29,11 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torchmetrics import Metric
-from torchmetrics.utilities.data import dim_zero_cat
 
 from chexone.metrics._common import (
     TOKENIZER_FILES,
+    ColumnMeanMetric,
     LRUCache,
     MissingExtraError,
     MissingWeightsError,
@@ -235,17 +234,16 @@ class RadGraphScorer:
         return [s["radgraph_combined"] for s in self.score_all(preds, refs, package_levels=False)]
 
 
-class RadGraphF1(Metric):
+class RadGraphF1(ColumnMeanMetric):
     """Mean RadGraph values: ``compute()`` returns a dict with ``RADGRAPH_KEYS`` (primary: ``radgraph_combined``).
 
     Settings as :class:`RadGraphAnnotator`. States: per-key sums, count (sum) and per-sample rows (cat).
     """
 
-    full_state_update = False
-    is_differentiable = False
     higher_is_better = True
     lower_is_better = False
     primary = "radgraph_combined"
+    columns = tuple(RADGRAPH_KEYS)
 
     def __init__(self, model_type: str = "radgraph", radgraph_model_dir: str | None = None,
                  backbone_path: str | None = None, *, device: str | None = None, cache_size: int = 65536,
@@ -256,28 +254,9 @@ class RadGraphF1(Metric):
         self.primary = primary
         self.scorer = RadGraphScorer(model_type, radgraph_model_dir, backbone_path, device=device,
                                      cache_size=cache_size)
-        self.add_state("total", default=torch.zeros(len(RADGRAPH_KEYS), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("values", default=[], dist_reduce_fx="cat")
 
     def score(self, preds: Sequence[str], refs: Sequence[str]) -> list[float]:
         return [s[self.primary] for s in self.scorer.score_all(preds, refs)]
 
-    def update(self, preds: Sequence[str], targets: Sequence[str]) -> None:
-        rows = self.scorer.score_all(list(preds), list(targets))
-        if not rows:
-            return
-        t = torch.tensor([[r[k] for k in RADGRAPH_KEYS] for r in rows], dtype=torch.float64)
-        self.total += t.sum(0)
-        self.count += t.shape[0]
-        self.values.append(t)
-
-    def compute(self) -> dict[str, torch.Tensor]:
-        n = int(self.count)
-        means = self.total / n if n else torch.full_like(self.total, float("nan"))
-        return {k: means[i] for i, k in enumerate(RADGRAPH_KEYS)}
-
-    def per_sample(self, key: str | None = None) -> torch.Tensor:
-        vals = self.values if isinstance(self.values, torch.Tensor) else (
-            dim_zero_cat(self.values) if self.values else torch.zeros(0, len(RADGRAPH_KEYS), dtype=torch.float64))
-        return vals[:, RADGRAPH_KEYS.index(key or self.primary)]
+    def _rows(self, preds: list[str], targets: list[str]) -> list[dict[str, float]]:
+        return self.scorer.score_all(preds, targets)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
 
 from chexone.data.sample import Sample, SampleError
 from chexone.tasks.answers import parse_boxes, parse_option_letters, render_options

@@ -152,7 +152,7 @@ def write_selected(shards: list[str], kept: set[str], out: Path, arguments: dict
 
 
 def render_report(summary: dict[str, dict[str, Any]], fraction: float, num_generations: int) -> str:
-    lines = [f"# Low-variance filter report", "",
+    lines = ["# Low-variance filter report", "",
              f"Top {fraction:.0%} of samples by reward variance over {num_generations} generations, within each task.",
              "", "| task | kept | total | variance threshold | mean variance | zero-variance samples |",
              "|---|---|---|---|---|---|"]
