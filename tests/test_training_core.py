@@ -58,3 +58,29 @@ def test_majority_baseline_per_question_group():
     # q1: 2 of 3 by answering A; q2: 3 of 4 by answering D -> 5/7
     assert majority_baseline(rows) == pytest.approx(5 / 7)
     assert majority_baseline([]) == 0.0
+
+
+def test_optimizer_groups_per_part_lr_scale_and_no_decay(tiny_model):
+    from omegaconf import OmegaConf
+
+    from chexone.config.schema import OptimConfig
+    from chexone.model.loading import apply_freezing, model_parts
+    from chexone.training.core import build_optimizer
+
+    apply_freezing(tiny_model, vision=False, merger=False, llm=False)
+    optim = OmegaConf.structured(OptimConfig)
+    optim.lr, optim.weight_decay, optim.lr_scale.vision, optim.lr_scale.merger = 1e-3, 0.1, 0.1, 0.5
+    opt = build_optimizer(tiny_model, optim, max_steps=10)["optimizer"]
+    lr_of = {id(p): (g["initial_lr"], g["weight_decay"]) for g in opt.param_groups for p in g["params"]}
+    parts = model_parts(tiny_model)
+    for part, expected in (("vision", 1e-4), ("merger", 5e-4), ("llm", 1e-3)):
+        for m in parts[part]:
+            for p in m.parameters():
+                assert lr_of[id(p)][0] == pytest.approx(expected), part
+    # biases and norms get no weight decay; matrices do
+    norm = tiny_model.model.language_model.norm.weight
+    assert lr_of[id(norm)][1] == 0.0
+    assert lr_of[id(tiny_model.model.language_model.layers[0].mlp.up_proj.weight)][1] == 0.1
+    # every trainable parameter is in exactly one group
+    assert sum(len(g["params"]) for g in opt.param_groups) == len([p for p in tiny_model.parameters()
+                                                                    if p.requires_grad])

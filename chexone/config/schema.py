@@ -103,6 +103,13 @@ class DataConfig:
 
 
 @dataclass
+class LRScaleConfig:
+    vision: float = doc(1.0, "Learning-rate multiplier for the vision encoder.", ge=0)
+    merger: float = doc(1.0, "Learning-rate multiplier for the vision-language merger.", ge=0)
+    llm: float = doc(1.0, "Learning-rate multiplier for the language model.", ge=0)
+
+
+@dataclass
 class OptimConfig:
     lr: float = doc(1e-6, "Peak learning rate (AdamW).", gt=0)
     weight_decay: float = doc(0.0, "AdamW weight decay.", ge=0)
@@ -114,6 +121,8 @@ class OptimConfig:
     warmup_ratio: float = doc(0.05, "Fraction of max_steps spent in linear warmup.", ge=0, lt=1)
     min_lr_ratio: float = doc(0.0, "Final LR as a fraction of the peak (cosine/linear).", ge=0, le=1)
     max_grad_norm: float = doc(1.0, "Clip the global gradient norm to this (0 = no clipping).", ge=0)
+    lr_scale: LRScaleConfig = field(default_factory=LRScaleConfig,
+                                    metadata={"doc": "Per-part learning-rate multipliers (vision / merger / LLM)."})
 
 
 @dataclass

@@ -116,13 +116,23 @@ def lr_multiplier(step: int, *, max_steps: int, warmup_ratio: float, scheduler: 
 
 
 def build_optimizer(model: nn.Module, optim: Any, max_steps: int):
-    """AdamW over trainable parameters (no weight decay on biases and norms) + a per-step LambdaLR."""
-    decay, no_decay = [], []
+    """AdamW over trainable parameters (no weight decay on biases and norms; per-part learning-rate multipliers
+    ``optim.lr_scale``) + a per-step LambdaLR."""
+    from chexone.model.loading import model_parts
+
+    part_of = {id(p): part for part, modules in model_parts(model).items() for m in modules for p in m.parameters()}
+    scale = getattr(optim, "lr_scale", None)
+    buckets: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-    groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        no_decay = p.ndim < 2 or "norm" in name.lower()
+        buckets.setdefault((part_of.get(id(p), "llm"), no_decay), []).append(p)
+    groups = [
+        {"params": params, "weight_decay": 0.0 if no_decay else optim.weight_decay,
+         "lr": optim.lr * (float(getattr(scale, part)) if scale is not None else 1.0), "part": part}
+        for (part, no_decay), params in sorted(buckets.items())
+    ]
     opt = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
