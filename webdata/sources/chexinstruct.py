@@ -30,11 +30,10 @@ from webdata.sources.common import (
     TaskMapper,
     Unit,
     group_by_images,
-    input_files,
     merge_ids,
     normalise_id,
     qa_sample,
-    read_json_records,
+    json_objects,
 )
 
 _STUDY = re.compile(r"^\s*\[([^\]]*)\]\s*\[([^\]]*)\]\s*$")
@@ -69,23 +68,20 @@ class CheXinstructSource(Source):
         self.mapper = TaskMapper(args.task_map, args.unmapped_tasks)
 
     def _records(self) -> Iterator[tuple[str, str, Any, list[str]] | Skip]:
-        for path in input_files(self.args.input, ("*.json", "*.jsonl", "*.json.gz", "*.jsonl.gz")):
-            for where, rec in read_json_records(path):
-                if isinstance(rec, Exception):
-                    yield Skip(where, "bad_json", str(rec))
-                    continue
-                if not isinstance(rec, dict):
-                    yield Skip(where, "bad_record", f"record is {type(rec).__name__}, expected an object")
-                    continue
-                paths = rec.get("image_path") or []
-                paths = [paths] if isinstance(paths, str) else paths
-                if not isinstance(paths, list) or not all(isinstance(p, str) and p for p in paths):
-                    yield Skip(where, "bad_record", f"'image_path' must be a path or a list of paths, got {paths!r}")
-                    continue
-                if not paths:
-                    yield Skip(where, "no_image", "text-only record (no image_path)")
-                    continue
-                yield where, str(rec.get("unique_id") or where), rec, paths
+        for item in json_objects(self.args.input):
+            if isinstance(item, Skip):
+                yield item
+                continue
+            where, rec = item
+            paths = rec.get("image_path") or []
+            paths = [paths] if isinstance(paths, str) else paths
+            if not isinstance(paths, list) or not all(isinstance(p, str) and p for p in paths):
+                yield Skip(where, "bad_record", f"'image_path' must be a path or a list of paths, got {paths!r}")
+                continue
+            if not paths:
+                yield Skip(where, "no_image", "text-only record (no image_path)")
+                continue
+            yield where, str(rec.get("unique_id") or where), rec, paths
 
     def plan(self, split: str | None, index: SplitIndex) -> Iterator[Unit | Skip]:
         for item in group_by_images(self._records(), not self.args.no_group_images):

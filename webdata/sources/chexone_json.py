@@ -32,9 +32,8 @@ from webdata.sources.common import (
     TaskMapper,
     Unit,
     group_by_images,
-    input_files,
     qa_sample,
-    read_json_records,
+    json_objects,
 )
 
 _BRACKETS = re.compile(r"\[([^\]]*)\]")
@@ -102,20 +101,17 @@ class CheXOneJSONSource(Source):
         self.mapper = TaskMapper(args.task_map, args.unmapped_tasks)
 
     def _records(self) -> Iterator[tuple[str, str, Any, list[str]] | Skip]:
-        for path in input_files(self.args.input, ("*.json", "*.jsonl", "*.json.gz", "*.jsonl.gz")):
-            for where, rec in read_json_records(path):
-                if isinstance(rec, Exception):
-                    yield Skip(where, "bad_json", str(rec))
-                    continue
-                if not isinstance(rec, dict):
-                    yield Skip(where, "bad_record", f"record is {type(rec).__name__}, expected an object")
-                    continue
-                try:
-                    paths = image_paths(rec, "images", where)
-                except RecordError as e:
-                    yield Skip(where, e.reason, str(e))
-                    continue
-                yield where, str(rec.get("unique_id") or rec.get("id") or where), rec, paths
+        for item in json_objects(self.args.input):
+            if isinstance(item, Skip):
+                yield item
+                continue
+            where, rec = item
+            try:
+                paths = image_paths(rec, "images", where)
+            except RecordError as e:
+                yield Skip(where, e.reason, str(e))
+                continue
+            yield where, str(rec.get("unique_id") or rec.get("id") or where), rec, paths
 
     def plan(self, split: str | None, index: SplitIndex) -> Iterator[Unit | Skip]:
         yield from group_by_images(self._records(), not self.args.no_group_images)

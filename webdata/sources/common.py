@@ -540,6 +540,22 @@ def read_json_records(path: str | os.PathLike) -> Iterator[tuple[str, Any]]:
         yield f"{path}[{i}]", rec
 
 
+JSON_PATTERNS = ("*.json", "*.jsonl", "*.json.gz", "*.jsonl.gz")
+
+
+def json_objects(inputs: Iterable[str]) -> Iterator[tuple[str, dict] | Skip]:
+    """Every JSON object record of the JSON/JSONL inputs as (where, record); bad JSON and non-object records come
+    out as ``Skip`` so the caller reports and counts them."""
+    for path in input_files(inputs, JSON_PATTERNS):
+        for where, rec in read_json_records(path):
+            if isinstance(rec, Exception):
+                yield Skip(where, "bad_json", str(rec))
+            elif not isinstance(rec, dict):
+                yield Skip(where, "bad_record", f"record is {type(rec).__name__}, expected an object")
+            else:
+                yield where, rec
+
+
 def input_files(inputs: Iterable[str], patterns: tuple[str, ...]) -> list[str]:
     """Files named by ``inputs`` (files, or directories searched recursively for ``patterns``), sorted, deduplicated."""
     out: list[str] = []
