@@ -82,3 +82,42 @@ def run_two_ranks(tmp_path, cache_dir, strategy):
     assert len(r0["batches"]) == len(r1["batches"]) == 6
     assert r0["batches"] != r1["batches"]  # the ranks read different data
     return r0, r1
+
+
+GRPO_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    from lightning.pytorch.callbacks import Callback
+    from chexone.config.load import load_config
+    from chexone.training.run import run_fit
+
+    out = sys.argv[1]
+
+    class Steps(Callback):
+        def on_train_end(self, trainer, module):
+            with open(os.path.join(out, f"grpo_rank{trainer.global_rank}.json"), "w") as f:
+                json.dump({"step": trainer.global_step, "world": trainer.world_size}, f)
+
+    cfg = load_config("stage2_grpo", ["model=tiny", "data=demo", "logger=none", f"output_dir={out}",
+                                      "trainer.max_steps=2", "trainer.devices=2", "trainer.strategy=ddp",
+                                      "trainer.accelerator=cpu", "grpo.init_from=''", "grpo.num_generations=4",
+                                      "grpo.prompts_per_step=2", "grpo.max_completion_length=12",
+                                      "trainer.progress_bar=false", "export_hf=false", "grpo.loss_type=dapo"])
+    run_fit(cfg, callbacks=[Steps()])
+    """
+)
+
+
+@pytest.mark.timeout(600)
+def test_grpo_ddp_two_ranks(tmp_path, cache_dir, tiny_dir, demo_shards):
+    """GRPO under DDP: ranks step together (dapo's token count is all-reduced across ranks) and finish."""
+    script = tmp_path / "grpo_ddp.py"
+    script.write_text(GRPO_SCRIPT)
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "CHEXONE_CACHE": str(cache_dir), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, str(script), str(out)], env=env, capture_output=True, text=True,
+                          timeout=540)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = [json.loads((out / f"grpo_rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["step"] for r in ranks] == [2, 2] and [r["world"] for r in ranks] == [2, 2]
