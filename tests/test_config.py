@@ -63,8 +63,25 @@ def test_every_recipe_loads_demo_scale(path):
 
 @pytest.mark.parametrize("path", all_recipe_files(), ids=lambda p: p.stem)
 def test_every_recipe_loads_full_scale(path):
-    cfg = load_config(path.stem, ["data.train=/data/shards/train-{000000..000009}.tar"])
+    extra = ["model.path=/models/chexone"] if path.stem.startswith("eval_") else []  # eval recipes require it
+    cfg = load_config(path.stem, ["data.train=/data/shards/train-{000000..000009}.tar", *extra])
     assert cfg.data.train[0].path == "/data/shards/train-{000000..000009}.tar"
+
+
+def test_eval_recipes_cover_the_paper_benchmarks():
+    tasks = {}
+    for name in ("eval_vqa", "eval_generation", "eval_grounding", "eval_reasoning"):
+        cfg = load_config(name, ["model.path=/models/chexone"])
+        assert cfg.data.reasoning == "always" and cfg.eval.do_sample is False  # reasoning mode, greedy
+        assert cfg.model.gradient_checkpointing is False
+        for bench in cfg.eval.benchmarks.values():
+            for t in bench.tasks:
+                tasks.setdefault(t, []).append(name)
+    assert set(tasks) == {"close_vqa", "view_classification", "temporal_classification", "disease_classification",
+                          "findings_generation", "progression_generation", "phrase_grounding",
+                          "abnormality_grounding"}
+    with pytest.raises(ConfigError, match="model.path"):
+        load_config("eval_vqa", [])
 
 
 @pytest.mark.parametrize("path", sorted(RECIPES.rglob("*.yaml")), ids=lambda p: str(p.relative_to(RECIPES)))

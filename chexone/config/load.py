@@ -253,6 +253,13 @@ def _is_dc(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
+def _dict_item(tp: Any) -> Any | None:
+    """X of ``dict[str, X]`` (named records such as ``eval.benchmarks``), else None."""
+    if typing.get_origin(tp) is dict and len(typing.get_args(tp)) == 2:
+        return typing.get_args(tp)[1]
+    return None
+
+
 def type_name(tp: Any) -> str:
     """A short readable name of a schema type: int, str | None, list[str], list[{path, weight}], ..."""
     inner, optional = _unwrap_optional(tp)
@@ -334,7 +341,11 @@ def type_at(schema: type, dotted: str) -> Any | None:
     """The schema type of a dotted key, or None when the key does not exist."""
     cls: Any = schema
     tp = None
+    in_dict = False
     for part in dotted.split("."):
+        if in_dict:  # the name of a record in dict[str, X]
+            tp, in_dict = cls, False
+            continue
         if not _is_dc(cls):
             return None
         names = {f.name for f in dataclasses.fields(cls)}
@@ -342,6 +353,9 @@ def type_at(schema: type, dotted: str) -> Any | None:
             return None
         tp = _hints(cls)[part]
         cls = _unwrap_optional(tp)[0]
+        item = _dict_item(cls)
+        if _is_dc(item):
+            cls, in_dict = item, True
     return tp
 
 
@@ -423,6 +437,23 @@ class _Composer:
                         f"{type_name(inner)}, got {value!r}"
                     )
                 continue
+            record = _dict_item(inner)
+            if _is_dc(record) and isinstance(value, dict):
+                bad = False
+                names = {f.name for f in dataclasses.fields(record)}
+                for name, v in value.items():
+                    if not isinstance(v, dict):
+                        self.errors.append(f"Invalid value for '{full}.{name}'{_where(source)}: expected a section "
+                                           f"with keys {type_name(record)}, got {v!r}")
+                        bad = True
+                        continue
+                    for k in v:
+                        if k not in names:
+                            self.errors.append(_unknown_key_msg(f"{full}.{name}.{k}", record, self.schema, source))
+                            bad = True
+                if bad:
+                    self.rejected.add(full)
+                    continue
             value = _coerce(tp, value)
             item = _list_item(inner)
             if _is_dc(item) and isinstance(value, (list, tuple)):

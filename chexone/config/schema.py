@@ -149,6 +149,10 @@ class TrainerConfig:
     )
     val_samples: int = doc(64, "Samples per validation run.", ge=0)
     val_max_new_tokens: int = doc(256, "Greedy-decoding length limit for validation accuracy.")
+    val_metrics: list[str] = doc(
+        ["accuracy", "exact_match", "iou", "map", "bleu2"],
+        "Metrics computed in validation, where a task lists them (model-free ones by default; same code as "
+        "python -m chexone.evaluate).")
     ckpt_path: str | None = doc(None, "Resume from this Lightning checkpoint ('last' = newest in output_dir).")
     seed: int = doc(1234, "Global seed (data order, dropout, sampling).")
     progress_bar: bool = doc(True, "Show a progress bar.")
@@ -222,6 +226,47 @@ class FilterConfig:
 
 
 @dataclass
+class BenchmarkConfig:
+    path: str = doc("", "Shards (pattern or directory), a JSONL file, or demo:<split>; '' = not given (skipped). "
+                        "Shorthand on the command line: data.<benchmark>=PATH.")
+    tasks: list[str] = field(default_factory=list,
+                             metadata={"doc": "Keep only samples of these tasks ([] = every task in the data)."})
+    metrics: list[str] = field(default_factory=list,
+                               metadata={"doc": "Metric names (chexone.metrics registry); [] = each task's defaults."})
+    metric_kwargs: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"doc": "Per-metric keyword arguments, e.g. {map: {iou_thresholds: [0.5, 0.75]}}; merged over "
+                         "eval.metric_kwargs."})
+    group_by: str = doc("", "Also report each value of this sample field or meta key (e.g. question_type, dataset).")
+    limit: int = doc(0, "Evaluate only the first N samples (0 = all).", ge=0)
+    title: str = doc("", "Name shown in the results table ('' = the benchmark key).")
+
+
+@dataclass
+class EvalConfig:
+    out: str = doc("${output_dir}", "Results directory: one sub-directory per benchmark, plus results.md/json.")
+    benchmarks: dict[str, BenchmarkConfig] = field(
+        default_factory=dict,
+        metadata={"doc": "Benchmarks to run: name -> {path, tasks, metrics, metric_kwargs, group_by, limit, title}."})
+    metric_kwargs: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"doc": "Keyword arguments per metric name for every benchmark (local weights: "
+                         "{bertscore: {model_name_or_path: /models/distilroberta-base}})."})
+    batch_size: int = doc(8, "Prompts per generation batch.", ge=1)
+    max_new_tokens: int = doc(1024, "Greedy-decoding length limit.", ge=1)
+    do_sample: bool = doc(False, "Sample instead of greedy decoding (the paper evaluates greedily).")
+    temperature: float = doc(1.0, "Sampling temperature (with do_sample).", gt=0)
+    top_p: float = doc(1.0, "Nucleus sampling (with do_sample).", gt=0, le=1)
+    consistency_samples: int = doc(8, "Sampled answers per question for the self_consistency metric.", ge=2)
+    consistency_temperature: float = doc(1.0, "Temperature of the self-consistency samples.", gt=0)
+    bootstrap_resamples: int = doc(1000, "Bootstrap resamples for the 95% confidence intervals (0 = no CI).", ge=0)
+    confidence: float = doc(0.95, "Confidence level of the intervals.", gt=0, lt=1)
+    plots: bool = doc(True, "Write PNG plots (bar chart with CI whiskers; grounding overlays) and log them.")
+    overlay_images: int = doc(8, "Grounding samples drawn with predicted and true boxes.", ge=0)
+    resume: bool = doc(True, "Continue from the per-sample files of an interrupted run (same model and settings).")
+
+
+@dataclass
 class RecipeConfig:
     recipe: str = doc("stage1_sft", "Recipe name (file in recipes/).")
     stage: str = doc("sft", "Training stage: sft | grpo.", choices=("sft", "grpo"))
@@ -235,4 +280,6 @@ class RecipeConfig:
     grpo: GRPOConfig = field(default_factory=GRPOConfig, metadata={"doc": "Stage-2 GRPO (used when stage=grpo)."})
     filter: FilterConfig = field(default_factory=FilterConfig,
                                  metadata={"doc": "Low-variance filtering (python -m chexone.filter)."})
+    eval: EvalConfig = field(default_factory=EvalConfig,
+                             metadata={"doc": "Benchmark evaluation (python -m chexone.evaluate)."})
     export_hf: bool = doc(True, "Write a Hugging Face model directory (model + processor) at the end.")

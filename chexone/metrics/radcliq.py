@@ -142,6 +142,11 @@ class RadCliQ(ColumnMeanMetric):
     primary = "inv_radcliq"
     columns = tuple(RADCLIQ_COLUMNS)
 
+    @staticmethod
+    def corpus_statistic(values: Any, axis: int = -1) -> Any:
+        """The corpus value from per-sample RadCliQ (what ``score`` returns): 1/mean, as ``inv_radcliq``."""
+        return 1.0 / np.mean(values, axis=axis)
+
     def __init__(self, *, scorer: RadCliQScorer | None = None, **settings: Any):
         metric_kwargs = {k: settings.pop(k) for k in list(settings)
                          if k in ("compute_on_cpu", "dist_sync_on_step", "process_group", "dist_sync_fn",

@@ -60,6 +60,8 @@ class Factuality(PerSampleMetric):
     """
 
     higher_is_better = True
+    #: evaluation harness: the whole response against the reference report (meta['report'])
+    eval_inputs = ("response", "report")
 
     def __init__(self, model_type: str = "radgraph-xl", radgraph_model_dir: str | None = None,
                  backbone_path: str | None = None, *, match: str = "tokens+label", reasoning_only: bool = True,
@@ -114,6 +116,8 @@ class SelfConsistency(PerSampleMetric):
     """
 
     higher_is_better = True
+    #: evaluation harness: the K sampled final answers against the option list
+    eval_inputs = ("samples", "options")
 
     def __init__(self, task: str = "close_vqa", **kwargs: Any):
         super().__init__(**kwargs)

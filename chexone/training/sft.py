@@ -7,12 +7,14 @@ from typing import Any, Callable
 
 import torch
 
-from chexone.data.collate import PromptCollator, SFTCollator
+from chexone.data.collate import SFTCollator
 from chexone.data.sample import Sample
+from chexone.evaluation.predict import Prediction, Predictor
+from chexone.evaluation.scoring import score_predictions
 from chexone.model.processor import PromptEncoder
 from chexone.tasks.base import PromptStyle, Task
 from chexone.training.core import ChexoneModule, sft_loss
-from chexone.training.generation import GenerationSettings, generate
+from chexone.training.generation import GenerationSettings
 
 
 def prompt_style(data_cfg: Any) -> PromptStyle:
@@ -29,8 +31,8 @@ class SFTModule(ChexoneModule):
         self.encoder = PromptEncoder(self.processor)
         self.style = prompt_style(cfg.data)
         self.val_generation = GenerationSettings(max_new_tokens=cfg.trainer.val_max_new_tokens)
-        self._val: dict[str, list[float]] = defaultdict(list)
-        self._answers: dict[str, list[tuple[str, object]]] = defaultdict(list)
+        self._val_loss: list[tuple[float, int]] = []
+        self._predictions: list[Prediction] = []
 
     def make_train_collator(self) -> SFTCollator:
         return SFTCollator(self.encoder, self.task_lookup, style=self.style, max_length=self.cfg.data.max_length,
@@ -51,46 +53,56 @@ class SFTModule(ChexoneModule):
         return loss
 
     # ------------------------------------------------------------------ validation
+    def _predictor(self) -> Predictor:
+        """The evaluation harness's predictor on the live model (greedy, the recipe's prompting)."""
+        return Predictor(self.model, self.encoder, self.task_lookup, style=self.style,
+                         reasoning=self.cfg.data.reasoning, settings=self.val_generation,
+                         max_prompt_length=self.cfg.data.max_length)
+
     def validation_step(self, samples: list[Sample], batch_idx: int) -> None:
         collate = SFTCollator(self.encoder, self.task_lookup, style=self.style, max_length=self.cfg.data.max_length,
                               reasoning=self.cfg.data.reasoning)
         batch = self._to_device(collate(samples))
         if batch.get("num_samples"):
             loss, n = sft_loss(self.model, batch)
-            self._val["loss_sum"].append(float(loss) * n)
-            self._val["loss_tokens"].append(n)
-        prompts = self._to_device(PromptCollator(self.encoder, self.task_lookup, style=self.style,
-                                                 reasoning=self.cfg.data.reasoning)(samples))
-        if not prompts.get("num_samples"):
-            return
-        out = generate(self.model, self.encoder, prompts, self.val_generation)
-        for sample, reasoning, text in zip(prompts["samples"], prompts["reasoning"], out.texts):
-            task = self.task_lookup(sample.task)
-            self._val[f"correct/{task.family}"].append(float(task.is_correct(text, sample, reasoning=reasoning,
-                                                                               style=self.style)))
-            group = f"{sample.task}/{sample.meta.get('question_type', '')}"
-            self._answers[task.family].append((group, task.parse_answer(task.answer_text(sample))))
-            self._val["well_formed"].append(float(task.is_well_formed(text, sample, reasoning=reasoning,
-                                                                      style=self.style)))
+            self._val_loss.append((float(loss) * n, n))
+        self._predictions.extend(self._predictor().predict(samples))
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     def on_validation_epoch_end(self) -> None:
-        v, self._val = self._val, defaultdict(list)
-        answers, self._answers = self._answers, defaultdict(list)
-        results = {f"val/majority_baseline_{family}": majority_baseline(rows) for family, rows in answers.items()}
-        if v["loss_tokens"]:
-            results["val/loss"] = sum(v["loss_sum"]) / max(1, sum(v["loss_tokens"]))
-        for key, values in v.items():
-            if key.startswith("correct/") or key == "well_formed":
-                name = key.replace("correct/", "accuracy_")
-                results[f"val/{name}"] = sum(values) / len(values)
+        preds, self._predictions = self._predictions, []
+        losses, self._val_loss = self._val_loss, []
+        results = validation_results(preds, self.task_lookup, list(self.cfg.trainer.val_metrics))
+        if losses:
+            results["val/loss"] = sum(s for s, _ in losses) / max(1, sum(n for _, n in losses))
         for key, value in results.items():
             self.log(key, value, sync_dist=True)
         self.last_validation = results
 
 
+def validation_results(preds: list[Prediction], task_lookup: Callable[[str], Task],
+                       metrics: list[str]) -> dict[str, float]:
+    """``val/<metric>`` over all samples a metric applies to, ``val/<metric>/<task>`` per task, ``val/well_formed``
+    and the majority-class baseline of each task family, scored by the evaluation harness's code."""
+    results: dict[str, float] = {}
+    if not preds:
+        return results
+    scores = score_predictions(preds, task_lookup, allowed=metrics, n_resamples=0)
+    for row, values in scores.rows.items():
+        suffix = "" if row == "all" else "/" + row.split("=", 1)[1]
+        for name, est in values.items():
+            if est.n and est.value == est.value:  # not NaN
+                results[f"val/{name}{suffix}"] = est.value
+    results["val/well_formed"] = sum(p.well_formed for p in preds) / len(preds)
+    answers: dict[str, list[tuple[str, object]]] = defaultdict(list)
+    for p in preds:
+        task = task_lookup(p.task)
+        answers[p.family].append((f"{p.task}/{p.meta.get('question_type', '')}", task.parse_answer(p.reference)))
+    for family, rows in answers.items():
+        results[f"val/majority_baseline_{family}"] = majority_baseline(rows)
+    return results
 
 
 def majority_baseline(rows: list[tuple[str, object]]) -> float:

@@ -1,0 +1,249 @@
+"""``python -m chexone.evaluate``: answer every benchmark of a recipe, score it, write results, tables and plots.
+
+Per benchmark ``<eval.out>/<benchmark>/``: ``samples.jsonl`` (one line per sample: id, prompt, output, final and
+parsed answer, reference, per-metric scores), ``results.json`` (metric, value, 95% CI, n per row), ``results.md``,
+``plots/*.png`` and ``run.json`` (the model and settings the answers came from). ``<eval.out>/results.md`` and
+``results.json`` gather every benchmark. Answers are appended to ``samples.jsonl`` batch by batch, so an interrupted
+run resumes where it stopped (same model and settings; ``eval.resume=false`` starts over).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from chexone.data.sample import Sample
+from chexone.evaluation.benchmarks import Benchmark, BenchmarkError, benchmarks_from_config, iter_samples
+from chexone.evaluation.predict import Prediction, Predictor
+from chexone.evaluation.report import benchmark_markdown, results_json, summary_markdown
+from chexone.evaluation.scoring import score_predictions
+from chexone.training.generation import GenerationSettings
+
+log = logging.getLogger(__name__)
+
+SAMPLES_FILE = "samples.jsonl"
+RUN_FILE = "run.json"
+RESULTS_FILE = "results.json"
+
+
+def generation_settings(cfg: Any) -> tuple[GenerationSettings, GenerationSettings]:
+    """(answer settings, self-consistency settings) from the ``eval`` section."""
+    e = cfg.eval
+    main = GenerationSettings(max_new_tokens=e.max_new_tokens, do_sample=e.do_sample, temperature=e.temperature,
+                              top_p=e.top_p)
+    consistency = GenerationSettings(max_new_tokens=e.max_new_tokens, do_sample=True,
+                                     temperature=e.consistency_temperature, top_p=1.0,
+                                     num_return_sequences=e.consistency_samples)
+    return main, consistency
+
+
+def run_fingerprint(cfg: Any, bench: Benchmark, model_path: str) -> dict[str, Any]:
+    """What the answers in ``samples.jsonl`` depend on; a resumed run must match it."""
+    main, consistency = generation_settings(cfg)
+    return {
+        "model": model_path, "benchmark": bench.name, "path": bench.path, "tasks": list(bench.tasks),
+        "reasoning": cfg.data.reasoning, "system_prompt": cfg.data.system_prompt,
+        "reasoning_suffix": cfg.data.reasoning_suffix, "boxed": cfg.data.boxed,
+        "generation": asdict(main),
+        "consistency": asdict(consistency) if "self_consistency" in bench.metrics else None,
+        "max_pixels": cfg.model.max_pixels, "min_pixels": cfg.model.min_pixels,
+    }
+
+
+def load_done(path: Path) -> dict[str, Prediction]:
+    """Predictions already written (a torn last line from a crash is dropped and the file rewritten without it)."""
+    done: dict[str, Prediction] = {}
+    if not path.exists():
+        return done
+    lines = path.read_text(encoding="utf-8").splitlines()
+    good = []
+    for line in lines:
+        try:
+            p = Prediction.from_json(json.loads(line))
+        except (json.JSONDecodeError, TypeError):
+            continue
+        done[p.id] = p
+        good.append(line)
+    if len(good) != len(lines):
+        write_lines(path, good)
+    return done
+
+
+def write_lines(path: Path, lines: list[str]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class BenchmarkRun:
+    """Answers one benchmark (resumably), then scores it and writes its files."""
+
+    def __init__(self, bench: Benchmark, predictor: Predictor, cfg: Any, out: Path, model_path: str):
+        self.bench = bench
+        self.predictor = predictor
+        self.cfg = cfg
+        self.dir = out / bench.name
+        self.model_path = model_path
+        self.consistency = "self_consistency" in bench.metrics
+        #: first grounding samples, kept for the overlay plot
+        self.overlay: list[Sample] = []
+
+    def _prepare(self) -> dict[str, Prediction]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fingerprint = run_fingerprint(self.cfg, self.bench, self.model_path)
+        run_file = self.dir / RUN_FILE
+        samples = self.dir / SAMPLES_FILE
+        if self.cfg.eval.resume and samples.exists():
+            previous = json.loads(run_file.read_text()) if run_file.exists() else None
+            if previous != fingerprint:
+                changed = sorted(k for k in fingerprint if (previous or {}).get(k) != fingerprint[k])
+                raise BenchmarkError(
+                    f"{samples} holds answers from another model or other settings (differs in: "
+                    f"{', '.join(changed)}); set eval.resume=false to start over or choose another eval.out")
+            done = load_done(samples)
+            if done:
+                print(f"evaluate[{self.bench.name}]: resuming, {len(done)} answers already in {samples}", flush=True)
+            return done
+        samples.unlink(missing_ok=True)
+        run_file.write_text(json.dumps(fingerprint, indent=2))
+        return {}
+
+    def answer(self) -> list[Prediction]:
+        done = self._prepare()
+        batch_size = self.cfg.eval.batch_size
+        order: list[str] = []
+        pending: list[Sample] = []
+        seen: dict[str, int] = {}
+        n_overlay = self.cfg.eval.overlay_images if self.cfg.eval.plots else 0
+        bar = tqdm(desc=f"evaluate[{self.bench.name}]", unit=" samples", dynamic_ncols=True)
+        with (self.dir / SAMPLES_FILE).open("a", encoding="utf-8") as f:
+
+            def flush() -> None:
+                if not pending:
+                    return
+                answered = self.predictor.predict(pending, with_consistency=self.consistency)
+                f.writelines(json.dumps(p.to_json()) + "\n" for p in answered)
+                f.flush()
+                done.update((p.id, p) for p in answered)
+                bar.update(len(pending))
+                pending.clear()
+
+            for sample in iter_samples(self.bench, demo_dir=self.cfg.data.demo_dir,
+                                       max_skip_fraction=self.cfg.data.max_skip_fraction,
+                                       max_pixels=self.cfg.model.max_pixels):
+                k = seen.get(sample.id, 0)
+                seen[sample.id] = k + 1
+                if k:  # repeated ids stay distinct for resuming and pairing
+                    sample.id = f"{sample.id}#{k + 1}"
+                order.append(sample.id)
+                if len(self.overlay) < n_overlay and self.predictor.task_lookup(sample.task).family == "grounding":
+                    self.overlay.append(sample)
+                if sample.id in done:
+                    bar.update(1)
+                    continue
+                pending.append(sample)
+                if len(pending) >= batch_size:
+                    flush()
+            flush()
+        bar.close()
+        if not order:
+            raise BenchmarkError(f"benchmark {self.bench.name!r}: no samples in {self.bench.path}"
+                                 + (f" for tasks {list(self.bench.tasks)}" if self.bench.tasks else ""))
+        return [done[k] for k in order]
+
+    def run(self) -> dict[str, Any]:
+        from chexone.tasks import get_task
+
+        start = time.perf_counter()
+        preds = self.answer()
+        answer_s = time.perf_counter() - start
+        e = self.cfg.eval
+        scores = score_predictions(preds, get_task, metrics=self.bench.metrics,
+                                   metric_kwargs=self.bench.metric_kwargs, group_by=self.bench.group_by,
+                                   n_resamples=e.bootstrap_resamples, confidence=e.confidence,
+                                   seed=self.cfg.trainer.seed)
+        write_lines(self.dir / SAMPLES_FILE, [json.dumps(p.to_json()) for p in preds])
+        result = results_json(self.bench, preds, scores, confidence=e.confidence, n_resamples=e.bootstrap_resamples,
+                              model=self.model_path, seconds={"answer": answer_s,
+                                                              "total": time.perf_counter() - start})
+        (self.dir / RESULTS_FILE).write_text(json.dumps(result, indent=2))
+        (self.dir / "results.md").write_text(benchmark_markdown(result))
+        if e.plots:
+            from chexone.evaluation.plots import write_plots
+
+            result["plots"] = write_plots(result, preds, self.overlay, self.dir / "plots")
+            (self.dir / RESULTS_FILE).write_text(json.dumps(result, indent=2))
+        return result
+
+
+def run_evaluation(cfg: Any) -> dict[str, Any]:
+    import lightning as L
+    from omegaconf import OmegaConf
+
+    from chexone.model import load_pretrained
+    from chexone.model.processor import PromptEncoder
+    from chexone.tasks import get_task
+    from chexone.training.run import device_type_for
+    from chexone.training.sft import prompt_style
+
+    benches, missing = benchmarks_from_config(cfg)
+    out = Path(os.path.expanduser(cfg.eval.out))
+    out.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.trainer.seed, verbose=False)
+    device_type = device_type_for(cfg)
+    OmegaConf.update(cfg, "model.gradient_checkpointing", False)  # it would switch off the KV cache in generation
+    loaded = load_pretrained(cfg.model, device_type=device_type, freeze=False)
+    model = loaded.model.to("cuda" if device_type == "cuda" else "cpu").eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+    main, consistency = generation_settings(cfg)
+    predictor = Predictor(model, PromptEncoder(loaded.processor), get_task, style=prompt_style(cfg.data),
+                          reasoning=cfg.data.reasoning, settings=main, max_prompt_length=cfg.data.max_length,
+                          consistency=consistency)
+    mode = {"always": "reasoning", "never": "instruction", "auto": "reasoning when the sample has a trace"}
+    print(f"{loaded.summary()}\nevaluate: {len(benches)} benchmark(s) ({', '.join(b.name for b in benches)}), "
+          f"{'sampled' if cfg.eval.do_sample else 'greedy'} decoding, {mode[cfg.data.reasoning]} mode, "
+          f"max {cfg.eval.max_new_tokens} new tokens -> {out}", flush=True)
+    if missing:
+        print(f"evaluate: skipping {', '.join(missing)} (no data: set "
+              f"{', '.join('data.' + m + '=PATH' for m in missing)})", flush=True)
+    results = {}
+    for bench in benches:
+        results[bench.name] = BenchmarkRun(bench, predictor, cfg, out, str(cfg.model.path)).run()
+        print(benchmark_markdown(results[bench.name]), flush=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(summary_markdown(results))
+    _log_results(cfg, out, results)
+    print(f"evaluate: results in {out / 'results.md'}", flush=True)
+    return results
+
+
+def _log_results(cfg: Any, out: Path, results: dict[str, Any]) -> None:
+    """Values (and plots, to W&B) through the recipe's logger."""
+    from chexone.training.run import build_logger
+
+    logger = build_logger(cfg, out)
+    if not logger:
+        return
+    flat = {}
+    for name, r in results.items():
+        for row, metrics in r["rows"].items():
+            for metric, est in metrics.items():
+                if est["value"] is not None:
+                    flat[f"eval/{name}/{row}/{metric}"] = est["value"]
+    logger.log_metrics(flat, step=0)
+    if hasattr(logger, "log_image"):
+        for name, r in results.items():
+            for kind, path in (r.get("plots") or {}).items():
+                logger.log_image(key=f"eval/{name}/{kind}", images=[str(path)])
+    logger.finalize("success")
+    if hasattr(logger, "experiment") and hasattr(logger.experiment, "finish"):
+        logger.experiment.finish()
