@@ -24,7 +24,7 @@ def eval_args(out, tiny_dir, *extra):
 @pytest.fixture(scope="module")
 def demo_eval(tmp_path_factory, tiny_dir, demo_shards):
     out = tmp_path_factory.mktemp("eval")
-    assert main(eval_args(out, tiny_dir)) == 0
+    assert main([*eval_args(out, tiny_dir), "logger=csv"]) == 0
     return out
 
 
@@ -50,6 +50,9 @@ def test_demo_eval_writes_every_benchmark(demo_eval):
     assert all(len(r["samples"]) == 2 for r in consistency)
     table = (demo_eval / "results.md").read_text()
     assert "| Demo close-ended VQA | 6 |" in table
+    # values also go to the recipe's logger
+    logged = (demo_eval / "csv" / "metrics.csv").read_text()
+    assert "eval/demo_vqa/all/accuracy" in logged
 
 
 def test_plots_are_images(demo_eval):
@@ -150,9 +153,9 @@ def test_compare_uses_mcnemar_for_accuracy_and_paired_t_for_scores(tmp_path, cap
     write_run(tmp_path / "B", "vqa", [{"accuracy": float(x)} for x in b_acc])
     write_run(tmp_path / "A", "gen", [{"bleu2": float(x)} for x in a_bleu])
     write_run(tmp_path / "B", "gen", [{"bleu2": float(x)} for x in b_bleu])
-    from chexone.evaluation.compare import compare_runs
+    from chexone.evaluation import compare
 
-    rows, _ = compare_runs(tmp_path / "A", tmp_path / "B")
+    rows, _ = compare.compare_runs(tmp_path / "A", tmp_path / "B")
     by = {(r.benchmark, r.metric): r for r in rows}
     acc = by[("vqa", "accuracy")]
     b = int(np.sum(a_acc & ~b_acc))
@@ -165,13 +168,16 @@ def test_compare_uses_mcnemar_for_accuracy_and_paired_t_for_scores(tmp_path, cap
     assert bleu.pvalue == pytest.approx(scipy_stats.ttest_rel(b_bleu, a_bleu).pvalue)
     assert main(["compare", str(tmp_path / "A"), str(tmp_path / "B")]) == 0
     assert "| vqa | accuracy | 60 |" in capsys.readouterr().out
+    # IoU is continuous even when every score happens to be 0 or 1: the class says so
+    assert compare.choose_test("iou", np.array([0.0, 1.0]), np.array([1.0, 1.0])) == "paired_t"
+    assert compare.choose_test("plugin_metric_x", np.array([0.0, 1.0]), np.array([1.0, 1.0])) == "mcnemar"
 
 
 def test_compare_uses_wilcoxon_for_ordinal_metrics(tmp_path, monkeypatch):
     scipy_stats = pytest.importorskip("scipy.stats")
     import chexone.evaluation.compare as compare
 
-    monkeypatch.setattr(compare, "is_ordinal", lambda name: name == "rating")
+    monkeypatch.setattr(compare, "declared_test", lambda name: "wilcoxon" if name == "rating" else None)
     a = [1, 2, 3, 4, 5, 2, 3, 4, 1, 2, 5, 4, 3, 2, 4, 3, 2, 5, 1, 3]
     b = [2, 2, 4, 5, 5, 3, 3, 5, 2, 1, 5, 5, 4, 3, 4, 4, 2, 5, 3, 4]
     write_run(tmp_path / "A", "read", [{"rating": float(x)} for x in a])

@@ -2,8 +2,10 @@
 
 Samples are paired by id within each benchmark both runs have. Per metric with per-sample scores: the means, the
 difference B − A with a paired bootstrap CI, and the test DESIGN.md §2 prescribes: McNemar (exact) when the scores
-are 0/1 (accuracy), the Wilcoxon signed-rank test for metrics that declare ``ordinal = True`` (ratings), the paired
-t-test otherwise (continuous scores). Corpus-only metrics (e.g. mAP) are listed without a test.
+are correct/wrong (accuracy, exact match), the Wilcoxon signed-rank test for ordinal ratings, the paired t-test for
+continuous scores. A metric class says which with ``paired_test = "mcnemar" | "paired_t" | "wilcoxon"`` (or
+``ordinal = True``); without it, 0/1 scores get McNemar and anything else the t-test. Corpus-only metrics (e.g.
+mAP) are listed without a test.
 """
 
 from __future__ import annotations
@@ -57,19 +59,33 @@ def load_scores(path: Path) -> dict[str, dict[str, float | None]]:
     return out
 
 
-def is_ordinal(metric: str) -> bool:
+PAIRED_TESTS = ("mcnemar", "paired_t", "wilcoxon")
+
+
+def declared_test(metric: str) -> str | None:
+    """The metric class's ``paired_test`` (or ``wilcoxon`` when it declares ``ordinal = True``), if any."""
     try:
         from chexone.registry import METRICS
 
-        return bool(getattr(METRICS.get(metric), "ordinal", False))
-    except Exception:
-        return False
+        cls = METRICS.get(metric)
+    except Exception:  # noqa: BLE001 - an unknown or broken plugin metric: decide from the values
+        return None
+    test = getattr(cls, "paired_test", None)
+    if test is None and getattr(cls, "ordinal", False):
+        test = "wilcoxon"
+    if test is not None and test not in PAIRED_TESTS:
+        raise ValueError(f"metric {metric!r}: paired_test={test!r}; choose one of {PAIRED_TESTS}")
+    return test
 
 
 def choose_test(metric: str, a: np.ndarray, b: np.ndarray) -> str:
+    """The metric's declared test; otherwise McNemar for 0/1 scores and the paired t-test for anything else."""
+    declared = declared_test(metric)
+    if declared:
+        return declared
     if np.isin(a, (0.0, 1.0)).all() and np.isin(b, (0.0, 1.0)).all():
         return "mcnemar"
-    return "wilcoxon" if is_ordinal(metric) else "paired_t"
+    return "paired_t"
 
 
 def compare_scores(benchmark: str, metric: str, a: np.ndarray, b: np.ndarray, *, seed: int = 0,
@@ -121,7 +137,7 @@ def compare_runs(a_root: Path, b_root: Path, *, seed: int = 0, n_resamples: int 
                 corpus_only = [m for m in json.loads(res.read_text()).get("rows", {}).get("all", {})
                                if m not in metrics and m != "well_formed"]
                 if corpus_only and which == "A":
-                    notes.append(f"{name}: {', '.join(corpus_only)} have no per-sample scores (no paired test)")
+                    notes.append(f"{name}: no per-sample scores for {', '.join(corpus_only)} (no paired test)")
     return rows, notes
 
 

@@ -251,6 +251,8 @@ class PerSampleMetric(Metric):
     higher_is_better: bool | None = True
     #: Per-sample scores are lower-is-better (RadCliQ). The GRPO report reward reads this.
     lower_is_better = False
+    #: Test for paired comparisons of two models' per-sample scores (python -m chexone.evaluate compare).
+    paired_test = "paired_t"
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
@@ -299,6 +301,7 @@ class ColumnMeanMetric(Metric):
     is_differentiable = False
     columns: tuple[str, ...] = ()
     primary: str = ""
+    paired_test = "paired_t"
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)

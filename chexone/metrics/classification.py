@@ -55,6 +55,8 @@ class Accuracy(Metric):
     is_differentiable = False
     higher_is_better = True
     primary = "accuracy"
+    #: paired comparison of two models (python -m chexone.evaluate compare): correct/wrong per question
+    paired_test = "mcnemar"
 
     def __init__(self, task: str = "close_vqa", **kwargs: Any):
         super().__init__(**kwargs)
@@ -118,6 +120,7 @@ class ExactMatch(PerSampleMetric):
     lower-cased, '.' and ',' removed, whitespace collapsed)."""
 
     higher_is_better = True
+    paired_test = "mcnemar"
 
     def __init__(self, task: str = "open_vqa", **kwargs: Any):
         super().__init__(**kwargs)

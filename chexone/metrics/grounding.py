@@ -149,6 +149,7 @@ class GroundingIoU(Metric):
     is_differentiable = False
     higher_is_better = True
     primary = "miou"
+    paired_test = "paired_t"
 
     def __init__(self, mode: str = "union", negatives: str = "skip", acc_thresholds: Sequence[float] = (0.5,),
                  **kwargs: Any):
