@@ -458,6 +458,17 @@ def test_pip_installed_example_plugin_resolves_by_name(tmp_path, monkeypatch, fr
         metric.update(["a b c d"], ["t"])
         assert float(metric.compute()) == 4.0
 
+        # the evaluation harness scores the plugin task with the plugin metric, both by name
+        from chexone.evaluation.predict import Prediction
+        from chexone.evaluation.scoring import score_predictions
+
+        preds = [Prediction(id=f"p{i}", task="example_yes_no", family=task.family, dataset="x", prompt="q",
+                            reasoning=False, output=o, final=o, parsed=None, reference="(A) Yes", well_formed=True,
+                            truncated=False) for i, o in enumerate(["(A) Yes", "No it is not"])]
+        scored = score_predictions(preds, get_task, metrics=["accuracy", "example_answer_length"], n_resamples=0)
+        assert scored.rows["all"]["accuracy"].value == 0.5
+        assert scored.rows["all"]["example_answer_length"].value == pytest.approx((2 + 4) / 2)
+
         rows = [r for r in reg_mod.list_plugins(include_builtins=False) if r.distribution == "chexone-example-plugin"]
         assert sorted((r.name, r.kind, r.version, r.status) for r in rows) == [
             ("example_answer_length", "metric", "0.1.0", "ok"),
