@@ -176,3 +176,11 @@ def test_validation_results_share_the_harness_scoring():
     assert r["val/accuracy/view_classification"] == pytest.approx(0.5)
     assert r["val/well_formed"] == pytest.approx(5 / 6)
     assert "val/majority_baseline_multiple_choice" in r
+
+
+def test_harness_metrics_never_sync_across_ranks():
+    """Each process scores its own predictions (DDP validation ranks hold different tasks)."""
+    from chexone.evaluation.scoring import build_metric
+
+    m = build_metric("map", "phrase_grounding", {})
+    assert m._to_sync is False and m.sync_on_compute is False

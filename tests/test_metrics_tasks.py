@@ -209,6 +209,13 @@ def test_map_scores_argument_and_ddp_reduction():
     r0.update(MAP_PREDS[:1], MAP_TRUTH[:1])
     r1.update(MAP_PREDS[1:], MAP_TRUTH[1:])
     assert float(r0.compute()["map"]) == pytest.approx((0.25 + 0.0625) / 2)
+    # a rank that saw no box at all (empty states) still reduces
+    e0, e1 = simulated_ranks(lambda **kw: GroundingMAP(iou_thresholds=(0.5, 0.7), **kw), 2)
+    e0.update(MAP_PREDS, MAP_TRUTH)
+    e1.update(["no box"], ["no box either"])
+    whole = GroundingMAP(iou_thresholds=(0.5, 0.7))
+    whole.update(MAP_PREDS, MAP_TRUTH)
+    assert float(e1.compute()["map"]) == pytest.approx(float(whole.compute()["map"]))
 
 
 def test_iou_metric_modes_negatives_and_sync():

@@ -109,7 +109,13 @@ def build_metric(name: str, task: str, kwargs: dict[str, Any], registry: Any = N
         params = {}
     if "task" in params and "task" not in kw:
         kw["task"] = task
-    return cls(**kw)
+    metric = cls(**kw)
+    if hasattr(metric, "sync_on_compute"):
+        # Scored per process: compute() must not gather other ranks' states (under DDP validation the ranks hold
+        # different tasks, and a collective that only some ranks enter would hang).
+        metric.sync_on_compute = False
+        metric._to_sync = False
+    return metric
 
 
 @dataclass

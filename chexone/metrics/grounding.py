@@ -315,8 +315,8 @@ class GroundingMAP(Metric):
 
     @staticmethod
     def _cat(state: Any, shape_tail: tuple = (), dtype: torch.dtype = torch.long) -> Tensor:
-        if isinstance(state, Tensor):
-            return state
+        if isinstance(state, Tensor):  # after a DDP sync; a rank without entries contributes an empty 1-d tensor
+            return state.reshape((-1, *shape_tail)) if shape_tail else state.reshape(-1)
         return dim_zero_cat(state) if state else torch.zeros((0, *shape_tail), dtype=dtype)
 
     def compute(self) -> dict[str, Tensor]:
