@@ -43,6 +43,7 @@ def test_demo_eval_writes_every_benchmark(demo_eval):
     assert acc["value"] == pytest.approx(np.mean([r["scores"]["accuracy"] for r in lines]))
     assert acc["n"] == 6 and acc["ci_low"] <= acc["value"] <= acc["ci_high"]
     assert any(r.startswith("question_type=") for r in vqa["rows"])
+    assert 0 < vqa["rows"]["all"]["majority_baseline"]["value"] <= 1
     assert set(summary["demo_generation"]["rows"]["all"]) == {"bleu2", "well_formed"}
     assert {"iou", "map"} <= set(summary["demo_grounding"]["rows"]["task=phrase_grounding"]) | set(
         summary["demo_grounding"]["rows"]["task=abnormality_grounding"])
@@ -185,3 +186,28 @@ def test_compare_uses_wilcoxon_for_ordinal_metrics(tmp_path, monkeypatch):
     rows, _ = compare.compare_runs(tmp_path / "A", tmp_path / "B")
     assert rows[0].test.startswith("wilcoxon")
     assert rows[0].pvalue == pytest.approx(scipy_stats.wilcoxon(b, a).pvalue)
+
+
+def test_missing_metric_weights_stop_before_any_answer(tmp_path, tiny_dir, demo_shards, capsys, monkeypatch):
+    """Offline without BERTScore weights (or without the package), the run stops in seconds naming the metric."""
+    import chexone.model
+
+    def no_model(*a, **k):
+        raise AssertionError("the model must not be loaded before the metrics are checked")
+
+    monkeypatch.setattr(chexone.model, "load_pretrained", no_model)
+    args = ["recipe=eval_generation", "model=tiny", f"model.path={tiny_dir}", "logger=none", f"eval.out={tmp_path}",
+            "data.rexgradient=demo:test"]
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "metric 'bertscore'" in err and "rexgradient" in err
+
+
+def test_unknown_metric_name_is_rejected_with_suggestion(tmp_path, tiny_dir, demo_shards, capsys):
+    args = ["recipe=eval_demo", "model=tiny", f"model.path={tiny_dir}", "data=demo", "logger=none",
+            f"eval.out={tmp_path}", "eval.benchmarks.demo_vqa.metrics=[acuracy]"]
+    with pytest.raises(SystemExit):
+        main(args)
+    assert "accuracy" in capsys.readouterr().err

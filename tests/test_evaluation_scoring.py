@@ -48,6 +48,15 @@ def test_accuracy_rows_by_task_and_group_are_hand_values():
     assert close.details["accuracy"] == pytest.approx(0.75) and close.details["total"] == 4
 
 
+def test_majority_baseline_per_task_and_question_type():
+    from chexone.evaluation.scoring import majority_baseline_of
+
+    # groups: close_vqa/presence {A, B} -> 1 hit; close_vqa/negation {B, C} -> 1; view_classification/ {A, B} -> 1
+    assert majority_baseline_of(mc_predictions(), get_task) == pytest.approx(3 / 6)
+    same = [pred(i, "close_vqa", "A", ref) for i, ref in enumerate(["(A) yes", "A", "(B) no"])]
+    assert majority_baseline_of(same, get_task) == pytest.approx(2 / 3)  # "(A) yes" and "A" are one answer
+
+
 def test_bootstrap_ci_matches_scipy_percentile_bootstrap():
     scipy_stats = pytest.importorskip("scipy.stats")
     rng = np.random.default_rng(3)

@@ -135,7 +135,7 @@ def compare_runs(a_root: Path, b_root: Path, *, seed: int = 0, n_resamples: int 
             res = d / "results.json"
             if res.exists():
                 corpus_only = [m for m in json.loads(res.read_text()).get("rows", {}).get("all", {})
-                               if m not in metrics and m != "well_formed"]
+                               if m not in metrics and m not in ("well_formed", "majority_baseline")]
                 if corpus_only and which == "A":
                     notes.append(f"{name}: no per-sample scores for {', '.join(corpus_only)} (no paired test)")
     return rows, notes

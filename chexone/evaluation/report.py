@@ -8,14 +8,23 @@ from typing import Any, Sequence
 
 from chexone.evaluation.benchmarks import Benchmark
 from chexone.evaluation.predict import Prediction
-from chexone.evaluation.scoring import BenchmarkScores, row_indices
+from chexone.evaluation.scoring import BenchmarkScores, majority_baseline_of, row_indices
+
+#: Families whose answers are categorical: the tables also show the majority-answer baseline.
+CATEGORICAL_FAMILIES = ("multiple_choice", "open_vqa")
 
 
 def results_json(bench: Benchmark, preds: Sequence[Prediction], scores: BenchmarkScores, *, confidence: float,
-                 n_resamples: int, model: str, seconds: dict[str, float]) -> dict[str, Any]:
+                 n_resamples: int, model: str, seconds: dict[str, float], task_lookup: Any = None) -> dict[str, Any]:
+    if task_lookup is None:
+        from chexone.tasks import get_task as task_lookup
     rows = {}
     for row, idx in row_indices(preds, bench.group_by).items():
         rows[row] = {m: est.to_json() for m, est in scores.rows.get(row, {}).items()}
+        categorical = [preds[i] for i in idx if preds[i].family in CATEGORICAL_FAMILIES]
+        if categorical:
+            rows[row]["majority_baseline"] = {"value": majority_baseline_of(categorical, task_lookup),
+                                              "ci_low": None, "ci_high": None, "n": len(categorical)}
         rows[row]["well_formed"] = {"value": sum(preds[i].well_formed for i in idx) / len(idx) if idx else None,
                                     "ci_low": None, "ci_high": None, "n": len(idx)}
     answer_s = seconds.get("answer", 0.0)
@@ -53,14 +62,15 @@ def metric_columns(results: Sequence[dict[str, Any]]) -> list[str]:
     for r in results:
         for metrics in r["rows"].values():
             for m in metrics:
-                if m not in cols and m != "well_formed":
+                if m not in cols and m not in ("well_formed", "majority_baseline"):
                     cols.append(m)
-    return cols + ["well_formed"]
+    tail = ["majority_baseline"] if any("majority_baseline" in m for r in results for m in r["rows"].values()) else []
+    return cols + tail + ["well_formed"]
 
 
 def _arrow(result: dict[str, Any], metric: str) -> str:
     h = result.get("higher_is_better", {}).get(metric, True)
-    return "" if metric == "well_formed" else (" ↑" if h else " ↓" if h is False else "")
+    return "" if metric in ("well_formed", "majority_baseline") else (" ↑" if h else " ↓" if h is False else "")
 
 
 def benchmark_markdown(result: dict[str, Any]) -> str:

@@ -183,6 +183,27 @@ class BenchmarkRun:
         return result
 
 
+def check_metrics(benches: list[Benchmark], task_lookup: Any) -> None:
+    """Build every metric a benchmark will use before any answer is generated, so that an unknown name, a missing
+    optional package or missing local weights stop the run in seconds, not after hours of decoding."""
+    from chexone.evaluation.scoring import build_metric, task_metrics
+    from chexone.metrics._common import MissingExtraError, MissingWeightsError
+    from chexone.registry import PluginLoadError, RegistryError
+
+    for bench in benches:
+        tasks = list(bench.tasks) or [None]
+        for task in tasks:
+            names = list(bench.metrics) if task is None else task_metrics(task_lookup, task, bench.metrics)
+            for name in names:
+                try:
+                    build_metric(name, task or "close_vqa", dict(bench.metric_kwargs.get(name, {}) or {}))
+                except (MissingWeightsError, MissingExtraError) as e:
+                    raise BenchmarkError(f"benchmark {bench.name!r}, metric {name!r}: {e} (keys of this metric go "
+                                         f"under eval.metric_kwargs.{name}.KEY)") from e
+                except (RegistryError, PluginLoadError, TypeError, ValueError) as e:
+                    raise BenchmarkError(f"benchmark {bench.name!r}, metric {name!r}: {e}") from e
+
+
 def run_evaluation(cfg: Any) -> dict[str, Any]:
     import lightning as L
     from omegaconf import OmegaConf
@@ -194,6 +215,7 @@ def run_evaluation(cfg: Any) -> dict[str, Any]:
     from chexone.training.sft import prompt_style
 
     benches, missing = benchmarks_from_config(cfg)
+    check_metrics(benches, get_task)
     out = Path(os.path.expanduser(cfg.eval.out))
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.trainer.seed, verbose=False)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -291,3 +291,23 @@ def score_predictions(predictions: Sequence[Prediction], task_lookup: Callable[[
                 rows[row][name] = pooled.estimate(range(len(members)), n_resamples=n_resamples,
                                                   confidence=confidence, seed=seed)
     return BenchmarkScores(by_task, rows, higher, per_sample)
+
+
+def majority_baseline(rows: Sequence[tuple[str, object]]) -> float:
+    """Accuracy of always giving the most frequent answer of each question group, over the same samples: the bar a
+    model that ignores the image reaches. ``rows`` = (group, canonical answer) pairs."""
+    by_group: dict[str, Counter] = defaultdict(Counter)
+    for group, answer in rows:
+        by_group[group][answer] += 1
+    hits = sum(c.most_common(1)[0][1] for c in by_group.values())
+    return hits / max(1, len(rows))
+
+
+def majority_baseline_of(predictions: Sequence[Prediction], task_lookup: Callable[[str], Any]) -> float:
+    """:func:`majority_baseline` of predictions, grouped by task + ``meta['question_type']``, answers parsed by the
+    task (so "(A) yes" and "A" are one answer)."""
+    rows = []
+    for p in predictions:
+        answer = task_lookup(p.task).parse_answer(p.reference)
+        rows.append((f"{p.task}/{p.meta.get('question_type', '')}", answer))
+    return majority_baseline(rows)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
 from typing import Any, Callable
 
 import torch
@@ -10,7 +9,7 @@ import torch
 from chexone.data.collate import SFTCollator
 from chexone.data.sample import Sample
 from chexone.evaluation.predict import Prediction, Predictor
-from chexone.evaluation.scoring import score_predictions
+from chexone.evaluation.scoring import majority_baseline, majority_baseline_of, score_predictions  # noqa: F401
 from chexone.model.processor import PromptEncoder
 from chexone.tasks.base import PromptStyle, Task
 from chexone.training.core import ChexoneModule, sft_loss
@@ -96,20 +95,8 @@ def validation_results(preds: list[Prediction], task_lookup: Callable[[str], Tas
             if est.n and est.value == est.value:  # not NaN
                 results[f"val/{name}{suffix}"] = est.value
     results["val/well_formed"] = sum(p.well_formed for p in preds) / len(preds)
-    answers: dict[str, list[tuple[str, object]]] = defaultdict(list)
-    for p in preds:
-        task = task_lookup(p.task)
-        answers[p.family].append((f"{p.task}/{p.meta.get('question_type', '')}", task.parse_answer(p.reference)))
-    for family, rows in answers.items():
-        results[f"val/majority_baseline_{family}"] = majority_baseline(rows)
+    for family in sorted({p.family for p in preds}):
+        results[f"val/majority_baseline_{family}"] = majority_baseline_of([p for p in preds if p.family == family],
+                                                                          task_lookup)
     return results
 
-
-def majority_baseline(rows: list[tuple[str, object]]) -> float:
-    """Accuracy of always answering the most frequent answer of each question group (task + question type),
-    over the same held-out samples: the bar a model that ignores the image can reach."""
-    by_group: dict[str, Counter] = defaultdict(Counter)
-    for group, answer in rows:
-        by_group[group][answer] += 1
-    hits = sum(c.most_common(1)[0][1] for c in by_group.values())
-    return hits / max(1, len(rows))
