@@ -25,6 +25,9 @@ SCRIPT = textwrap.dedent(
             self.ids = []
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
             self.ids.append(int(batch["input_ids"].sum()))
+        def on_validation_end(self, trainer, module):
+            with open(os.path.join(out, f"val{trainer.global_rank}.json"), "w") as f:
+                json.dump(getattr(module, "last_validation", None), f)
         def on_train_end(self, trainer, module):
             h = hashlib.sha256()
             if strategy == "ddp":  # FSDP2 holds shards (DTensors): compared through the export instead
@@ -39,7 +42,8 @@ SCRIPT = textwrap.dedent(
                                      "trainer.accelerator=cpu", "trainer.global_batch_size=8",
                                      "data.micro_batch_size=2", "data.num_workers=0", "trainer.val_every_n_steps=0",
                                      "trainer.progress_bar=false", f"export_hf={strategy == 'fsdp2'}", "data.val=[]",
-                                     "trainer.checkpoint_every_n_steps=100"])
+                                     "trainer.checkpoint_every_n_steps=100", "trainer.val_samples=16",
+                                     "trainer.val_max_new_tokens=8"])
     run_fit(cfg, callbacks=[Record()])
     """
 )
@@ -48,6 +52,9 @@ SCRIPT = textwrap.dedent(
 @pytest.mark.timeout(600)
 def test_ddp_two_ranks_stay_in_sync(tmp_path, cache_dir, tiny_dir):
     r0, r1 = run_two_ranks(tmp_path, cache_dir, "ddp")
+    # validation: each rank answers its share, then all ranks score all answers (the harness's code) identically
+    v0, v1 = (json.loads((tmp_path / "out" / f"val{r}.json").read_text()) for r in (0, 1))
+    assert v0 == v1 and "val/well_formed" in v0 and "val/loss" in v0
     assert r0["hash"] == r1["hash"]  # ...and hold identical weights
 
 

@@ -52,7 +52,7 @@ def test_sft_loss_matches_hf_loss_on_answer_tokens(tiny_model, tiny_processor):
 
 
 def test_majority_baseline_per_question_group():
-    from chexone.training.sft import majority_baseline
+    from chexone.evaluation.scoring import majority_baseline
 
     rows = [("q1", "A"), ("q1", "A"), ("q1", "B"), ("q2", "C"), ("q2", "D"), ("q2", "D"), ("q2", "D")]
     # q1: 2 of 3 by answering A; q2: 3 of 4 by answering D -> 5/7

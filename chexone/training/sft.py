@@ -9,7 +9,7 @@ import torch
 from chexone.data.collate import SFTCollator
 from chexone.data.sample import Sample
 from chexone.evaluation.predict import Prediction, Predictor
-from chexone.evaluation.scoring import majority_baseline, majority_baseline_of, score_predictions  # noqa: F401
+from chexone.evaluation.scoring import majority_baseline_of, score_predictions
 from chexone.model.processor import PromptEncoder
 from chexone.tasks.base import PromptStyle, Task
 from chexone.training.core import ChexoneModule, sft_loss
@@ -73,12 +73,25 @@ class SFTModule(ChexoneModule):
     def on_validation_epoch_end(self) -> None:
         preds, self._predictions = self._predictions, []
         losses, self._val_loss = self._val_loss, []
+        preds, losses = gather_across_ranks(preds), gather_across_ranks(losses)
         results = validation_results(preds, self.task_lookup, list(self.cfg.trainer.val_metrics))
         if losses:
             results["val/loss"] = sum(s for s, _ in losses) / max(1, sum(n for _, n in losses))
         for key, value in results.items():
-            self.log(key, value, sync_dist=True)
+            self.log(key, value)  # every rank scored all ranks' predictions: the same values, no reduction
         self.last_validation = results
+
+
+def gather_across_ranks(items: list[Any]) -> list[Any]:
+    """Every rank's list, concatenated in rank order (unchanged outside distributed runs). Validation metrics are then
+    computed on all held-out samples, identically on every rank (ranks need not hold the same tasks)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return items
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, items)
+    return [x for part in gathered for x in part]
 
 
 def validation_results(preds: list[Prediction], task_lookup: Callable[[str], Task],
