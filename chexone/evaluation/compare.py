@@ -131,13 +131,12 @@ def compare_runs(a_root: Path, b_root: Path, *, seed: int = 0, n_resamples: int 
             a = np.array([x for x, _ in pairs], dtype=np.float64)
             b = np.array([y for _, y in pairs], dtype=np.float64)
             rows.append(compare_scores(name, metric, a, b, seed=seed, n_resamples=n_resamples))
-        for which, d in (("A", a_dirs[name]), ("B", b_dirs[name])):
-            res = d / "results.json"
-            if res.exists():
-                corpus_only = [m for m in json.loads(res.read_text()).get("rows", {}).get("all", {})
-                               if m not in metrics and m not in ("well_formed", "majority_baseline")]
-                if corpus_only and which == "A":
-                    notes.append(f"{name}: no per-sample scores for {', '.join(corpus_only)} (no paired test)")
+        res = a_dirs[name] / "results.json"
+        if res.exists():
+            corpus_only = [m for m in json.loads(res.read_text()).get("rows", {}).get("all", {})
+                           if m not in metrics and m not in ("well_formed", "majority_baseline")]
+            if corpus_only:
+                notes.append(f"{name}: no per-sample scores for {', '.join(corpus_only)} (no paired test)")
     return rows, notes
 
 

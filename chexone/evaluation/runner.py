@@ -173,13 +173,12 @@ class BenchmarkRun:
         result = results_json(self.bench, preds, scores, confidence=e.confidence, n_resamples=e.bootstrap_resamples,
                               model=self.model_path, seconds={"answer": answer_s,
                                                               "total": time.perf_counter() - start})
-        (self.dir / RESULTS_FILE).write_text(json.dumps(result, indent=2))
-        (self.dir / "results.md").write_text(benchmark_markdown(result))
         if e.plots:
             from chexone.evaluation.plots import write_plots
 
             result["plots"] = write_plots(result, preds, self.overlay, self.dir / "plots")
-            (self.dir / RESULTS_FILE).write_text(json.dumps(result, indent=2))
+        (self.dir / RESULTS_FILE).write_text(json.dumps(result, indent=2))
+        (self.dir / "results.md").write_text(benchmark_markdown(result))
         return result
 
 
