@@ -14,24 +14,37 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from chexone.model import transformers_compat as compat
+
 log = logging.getLogger(__name__)
 
-MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids",
-                    "mm_encoder_outputs")
+#: Batch keys the model's own ``forward``/``generate`` take (the public multimodal inputs).
+MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
 
 
 def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
-    """The subset of a batch the Qwen2.5-VL forward takes."""
+    """The subset of a batch that ``model.generate`` takes."""
     return {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch and batch[k] is not None}
 
 
+def batch_positions(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+    """RoPE positions of a batch (multimodal where it has images), always computed here and passed explicitly."""
+    positions, _ = compat.rope_positions(model, batch["input_ids"], batch["attention_mask"],
+                                         batch.get("image_grid_thw"), batch.get("mm_token_type_ids"))
+    return positions
+
+
 def hidden_states(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-    """Last hidden states [B, T, H] of the decoder (vision features merged in)."""
-    inner = model.model
-    if "pixel_values" in batch and batch["pixel_values"] is not None:
-        batch = {**batch, "pixel_values": batch["pixel_values"].to(next(inner.visual.parameters()).dtype)}
-    out = inner(**model_inputs(batch), use_cache=False, return_dict=True)
-    return out.last_hidden_state
+    """Last hidden states [B, T, H] of the decoder, image features merged in.
+
+    A batch may carry ``image_features`` (one tensor per image, e.g. computed once per GRPO prompt and shared by its
+    G completions) instead of ``pixel_values``.
+    """
+    features = batch.get("image_features")
+    if features is None and batch.get("pixel_values") is not None:
+        features = compat.image_features(model, batch["pixel_values"], batch["image_grid_thw"])
+    embeds = compat.embed_inputs(model, batch["input_ids"], features)
+    return compat.decoder_hidden_states(model, embeds, batch["attention_mask"], batch_positions(model, batch))
 
 
 def next_token_logits(model: nn.Module, batch: dict[str, Any], predict_mask: torch.Tensor) -> torch.Tensor:
@@ -40,17 +53,22 @@ def next_token_logits(model: nn.Module, batch: dict[str, Any], predict_mask: tor
     Applying the LM head to the answer positions only avoids a [B, T, vocab] tensor over prompt and image tokens,
     which dominates memory with the real 151k vocabulary. Returns [N, vocab] in row-major order of the mask.
     """
-    if _is_fsdp2(model):
-        # FSDP2 gathers parameters in the root module's forward, so go through it (full logits, then select).
-        inputs = model_inputs(batch)
-        logits = model(**inputs, use_cache=False, return_dict=True).logits
+    if is_fsdp2(model):
+        # FSDP2 gathers parameters in the root module's forward, so go through it (pixels, full logits, then select).
+        if batch.get("image_features") is not None:
+            raise ValueError("precomputed image_features cannot be used with FSDP2 sharding; pass pixel_values")
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")
+                  if batch.get(k) is not None}
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(compat.vision_dtype(model))
+        logits = model(**inputs, position_ids=batch_positions(model, batch), use_cache=False, return_dict=True).logits
         return logits[:, :-1][predict_mask[:, 1:]].float()
     h = hidden_states(model, batch)
     sel = h[:, :-1][predict_mask[:, 1:]]
     return model.lm_head(sel).float()
 
 
-def _is_fsdp2(model: nn.Module) -> bool:
+def is_fsdp2(model: nn.Module) -> bool:
     try:
         from torch.distributed.fsdp import FSDPModule
     except ImportError:  # pragma: no cover - very old torch

@@ -22,7 +22,7 @@ from chexone.data.collate import PromptCollator
 from chexone.data.sample import Sample
 from chexone.model.processor import PromptEncoder
 from chexone.tasks.base import Task
-from chexone.training.core import ChexoneModule, token_logps
+from chexone.training.core import ChexoneModule, is_fsdp2, token_logps
 from chexone.training.grpo_loss import combine_rewards, group_advantages, grpo_loss, zero_std_groups
 from chexone.training.rollout import (
     Rollouts,
@@ -276,8 +276,8 @@ class GRPOModule(ChexoneModule):
         prompts = _stack_prompts([grp["prompt"] for grp in mb], self.encoder.pad_token_id)
         ids = torch.cat([_pad_right(grp["completion_ids"], width, self.encoder.pad_token_id) for grp in mb])
         mask = torch.cat([_pad_right(grp["completion_mask"], width, 0) for grp in mb])
-        with torch.set_grad_enabled(grad):
-            feats = shared_image_features(model, prompts)
+        with torch.set_grad_enabled(grad):  # FSDP2 encodes pixels inside its root forward instead
+            feats = None if is_fsdp2(model) else shared_image_features(model, prompts)
         batch, predict = build_policy_batch(prompts, ids, mask, G, feats)
         return batch, predict, width
 

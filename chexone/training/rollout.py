@@ -10,13 +10,12 @@ suppress the vision special tokens, left-pad prompts and stop on ``<|im_end|>``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.generation.logits_process import (
+from transformers import (
     LogitsProcessorList,
     RepetitionPenaltyLogitsProcessor,
     TemperatureLogitsWarper,
@@ -24,6 +23,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
+from chexone.model import transformers_compat as compat
 from chexone.model.processor import PromptEncoder
 from chexone.training.core import model_inputs
 
@@ -60,14 +60,11 @@ class RolloutEngine(Protocol):
                  settings: SamplingSettings) -> Rollouts: ...
 
 
-def shared_image_features(model: nn.Module, batch: dict[str, Any]) -> Any | None:
+def shared_image_features(model: nn.Module, batch: dict[str, Any]) -> list[torch.Tensor] | None:
     """The merged vision features of each image in the batch, computed once (gradients flow into the merger)."""
     if batch.get("pixel_values") is None:
         return None
-    visual_dtype = next(model.model.visual.parameters()).dtype
-    out = model.model.get_image_features(batch["pixel_values"].to(visual_dtype), batch["image_grid_thw"],
-                                         return_dict=True)
-    return list(out.pooler_output)
+    return compat.image_features(model, batch["pixel_values"], batch["image_grid_thw"])
 
 
 def expand_for_groups(batch: dict[str, Any], features: list[torch.Tensor] | None, group: int) -> dict[str, Any]:
@@ -83,7 +80,7 @@ def expand_for_groups(batch: dict[str, Any], features: list[torch.Tensor] | None
                 feats.extend(features[start : start + n])
                 grid_rows.append(grids[start : start + n])
             start += n
-        out["mm_encoder_outputs"] = {"image": SimpleNamespace(pooler_output=feats)}
+        out["image_features"] = feats
         out["image_grid_thw"] = torch.cat(grid_rows, dim=0)
     return out
 
@@ -132,24 +129,16 @@ class SharedPrefillEngine:
 
     def _generate(self, model, encoder, batch, settings) -> Rollouts:
         G = settings.num_generations
-        inner = model.model
         ids, attn = batch["input_ids"], batch["attention_mask"]
         features = shared_image_features(model, batch)
-        mm = None if features is None else {"image": SimpleNamespace(pooler_output=features)}
-        if batch.get("image_grid_thw") is not None:
-            positions, deltas = inner.get_rope_index(ids, mm_token_type_ids=batch["mm_token_type_ids"],
-                                                     image_grid_thw=batch["image_grid_thw"], attention_mask=attn)
-        else:
-            text = (attn.long().cumsum(-1) - 1).clamp(min=0)
-            positions, deltas = text[None].expand(3, -1, -1), torch.zeros(ids.shape[0], 1, dtype=torch.long)
-        out = model(input_ids=ids, attention_mask=attn, position_ids=positions, mm_encoder_outputs=mm,
-                    image_grid_thw=batch.get("image_grid_thw"), mm_token_type_ids=batch.get("mm_token_type_ids"),
-                    use_cache=True, logits_to_keep=1, return_dict=True)
-        cache = out.past_key_values
-        cache.batch_repeat_interleave(G)
-        logits = out.logits[:, -1].float().repeat_interleave(G, dim=0)
+        positions, deltas = compat.rope_positions(model, ids, attn, batch.get("image_grid_thw"),
+                                                  batch.get("mm_token_type_ids"))
+        logits, cache = compat.forward_with_cache(model, inputs_embeds=compat.embed_inputs(model, ids, features),
+                                                  attention_mask=attn, position_ids=positions)
+        compat.repeat_cache(cache, G)
+        logits = logits[:, -1].float().repeat_interleave(G, dim=0)
         attn = attn.repeat_interleave(G, dim=0)
-        deltas = deltas.to(ids.device).repeat_interleave(G, dim=0)
+        deltas = deltas.repeat_interleave(G, dim=0)
         seq = ids.repeat_interleave(G, dim=0)
         procs = _processors(settings)
         suppress = torch.tensor(encoder.suppressed_token_ids(), dtype=torch.long, device=ids.device)
@@ -174,10 +163,9 @@ class SharedPrefillEngine:
             seq = torch.cat([seq, nxt[:, None]], dim=1)
             attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
             pos = (attn.sum(-1, keepdim=True) - 1 + deltas)[None].expand(3, -1, -1)
-            out = model(input_ids=nxt[:, None], attention_mask=attn, position_ids=pos, past_key_values=cache,
-                        use_cache=True, return_dict=True)
-            cache = out.past_key_values
-            logits = out.logits[:, -1].float()
+            logits, cache = compat.forward_with_cache(model, input_ids=nxt[:, None], attention_mask=attn,
+                                                      position_ids=pos, cache=cache)
+            logits = logits[:, -1].float()
         return _finish(encoder, torch.stack(tokens, dim=1), torch.stack(logps, dim=1))
 
 
@@ -189,7 +177,7 @@ class HFGenerateEngine:
                  settings: SamplingSettings) -> Rollouts:
         inputs = model_inputs(batch)
         if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(next(model.model.visual.parameters()).dtype)
+            inputs["pixel_values"] = inputs["pixel_values"].to(compat.vision_dtype(model))
         kwargs: dict[str, Any] = dict(
             max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample,
             num_return_sequences=settings.num_generations, eos_token_id=encoder.eos_token_id,

@@ -1,0 +1,126 @@
+"""What chexone relies on in transformers' Qwen2.5-VL (chexone/model/transformers_compat.py, RELIES_ON), checked
+against the installed release: each test names the piece it checks, so an upstream change fails here first.
+
+The reference for our multimodal glue is transformers' own path: ``model(input_ids, pixel_values, image_grid_thw,
+mm_token_type_ids)`` must give the same logits as our image features + ``inputs_embeds`` + explicit positions."""
+
+import inspect
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from chexone.data.collate import PromptCollator
+from chexone.data.sample import Sample
+from chexone.model import transformers_compat as compat
+from chexone.model.processor import PromptEncoder
+from chexone.tasks.builtin import BUILTIN_TASKS
+
+
+@pytest.fixture()
+def setup(tiny_model, tiny_processor):
+    rng = np.random.default_rng(1)
+    im = lambda: Image.fromarray(rng.integers(0, 255, (112, 140), dtype=np.uint8))  # noqa: E731
+    samples = [
+        Sample(id="a", task="close_vqa", question="Is there an effusion?", answer="A", options=["Yes", "No"],
+               images=[im()]),
+        Sample(id="b", task="progression_generation", question="Compare the prior and the current study, please.",
+               answer="Worse.", images=[im(), im()]),
+    ]
+    enc = PromptEncoder(tiny_processor)
+    batch = PromptCollator(enc, lambda n: BUILTIN_TASKS[n](), reasoning="always")(samples)
+    return tiny_model.eval(), batch
+
+
+def test_model_has_inner_model_with_visual_and_language_model(tiny_model):
+    # RELIES_ON: Qwen2_5_VLForConditionalGeneration.model with .visual, .language_model; config.image_token_id
+    assert hasattr(tiny_model, "model") and hasattr(tiny_model.model, "visual")
+    assert hasattr(tiny_model.model, "language_model") and hasattr(tiny_model, "lm_head")
+    assert isinstance(tiny_model.config.image_token_id, int)
+    assert tiny_model.get_input_embeddings() is tiny_model.model.language_model.embed_tokens
+
+
+def test_get_image_features_gives_one_tensor_per_image(setup):
+    # RELIES_ON: Qwen2_5_VLModel.get_image_features(pixel_values, image_grid_thw) -> per-image features
+    model, batch = setup
+    with torch.no_grad():
+        feats = compat.image_features(model, batch["pixel_values"], batch["image_grid_thw"])
+    merge = model.model.visual.spatial_merge_size ** 2
+    assert [f.shape[0] for f in feats] == (batch["image_grid_thw"].prod(-1) // merge).tolist()
+    assert all(f.shape[1] == model.config.text_config.hidden_size for f in feats)
+
+
+def test_get_rope_index_signature_and_shapes(setup):
+    # RELIES_ON: Qwen2_5_VLModel.get_rope_index(input_ids, mm_token_type_ids=, image_grid_thw=, attention_mask=)
+    model, batch = setup
+    params = inspect.signature(model.model.get_rope_index).parameters
+    assert {"input_ids", "mm_token_type_ids", "image_grid_thw", "attention_mask"} <= set(params)
+    positions, deltas = compat.rope_positions(model, batch["input_ids"], batch["attention_mask"],
+                                              batch["image_grid_thw"], batch["mm_token_type_ids"])
+    B, T = batch["input_ids"].shape
+    assert positions.shape == (3, B, T) and deltas.shape == (B, 1)
+    # text positions after the last image token: one apart, and the delta continues them during decoding
+    last = positions[0, :, -1]
+    assert torch.equal(last + 1, batch["attention_mask"].sum(-1) + deltas.view(-1))
+
+
+def test_text_positions_skip_left_padding():
+    attn = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    pos = compat.text_positions(attn)
+    assert pos.shape == (3, 2, 5)
+    assert pos[0, 0, 2:].tolist() == [0, 1, 2] and pos[0, 1].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_inputs_embeds_path_matches_the_models_own_multimodal_forward(setup):
+    # RELIES_ON: Qwen2_5_VLModel.forward(inputs_embeds=, attention_mask=, position_ids=) -> last_hidden_state
+    model, batch = setup
+    with torch.no_grad():
+        reference = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
+                          mm_token_type_ids=batch["mm_token_type_ids"], use_cache=False).logits
+        feats = compat.image_features(model, batch["pixel_values"], batch["image_grid_thw"])
+        embeds = compat.embed_inputs(model, batch["input_ids"], feats)
+        positions, _ = compat.rope_positions(model, batch["input_ids"], batch["attention_mask"],
+                                             batch["image_grid_thw"], batch["mm_token_type_ids"])
+        hidden = compat.decoder_hidden_states(model, embeds, batch["attention_mask"], positions)
+        ours = model.lm_head(hidden)
+    keep = batch["attention_mask"].bool()
+    assert torch.allclose(ours[keep], reference[keep], atol=1e-5)
+
+
+def test_embed_inputs_refuses_mismatched_features(setup):
+    model, batch = setup
+    with torch.no_grad():
+        feats = compat.image_features(model, batch["pixel_values"], batch["image_grid_thw"])
+    with pytest.raises(ValueError, match="image tokens"):
+        compat.embed_inputs(model, batch["input_ids"], feats[:-1])
+
+
+def test_cache_argument_name_and_cached_decoding_equals_full_forward(setup):
+    # RELIES_ON: forward(..., cache= | past_key_values=, logits_to_keep=) -> logits + cache; Cache.batch_repeat_interleave
+    model, batch = setup
+    name = compat.cache_argument(type(model))
+    assert name in inspect.signature(type(model).forward).parameters
+    ids, attn = batch["input_ids"], batch["attention_mask"]
+    with torch.no_grad():
+        feats = compat.image_features(model, batch["pixel_values"], batch["image_grid_thw"])
+        positions, deltas = compat.rope_positions(model, ids, attn, batch["image_grid_thw"], batch["mm_token_type_ids"])
+        logits, cache = compat.forward_with_cache(model, inputs_embeds=compat.embed_inputs(model, ids, feats),
+                                                  attention_mask=attn, position_ids=positions)
+        assert hasattr(cache, "batch_repeat_interleave")
+        compat.repeat_cache(cache, 2)
+        nxt = logits[:, -1].argmax(-1).repeat_interleave(2)
+        attn2 = torch.cat([attn.repeat_interleave(2, 0), torch.ones(len(nxt), 1, dtype=attn.dtype)], dim=1)
+        pos = (attn2.sum(-1, keepdim=True) - 1 + deltas.repeat_interleave(2, 0))[None].expand(3, -1, -1)
+        step, _ = compat.forward_with_cache(model, input_ids=nxt[:, None], attention_mask=attn2, position_ids=pos,
+                                            cache=cache)
+        # reference: the whole sequence (prompt + that token) in one uncached forward through the model's own path
+        full = model(input_ids=torch.cat([ids, nxt[::2, None]], dim=1),
+                     attention_mask=torch.cat([attn, torch.ones(len(ids), 1, dtype=attn.dtype)], dim=1),
+                     pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
+                     mm_token_type_ids=torch.cat([batch["mm_token_type_ids"],
+                                                  torch.zeros(len(ids), 1, dtype=batch["mm_token_type_ids"].dtype)],
+                                                 dim=1),
+                     use_cache=False).logits[:, -1]
+    assert torch.allclose(step[::2, -1], full, atol=1e-4) and torch.allclose(step[1::2, -1], full, atol=1e-4)
