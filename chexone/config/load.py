@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import types
@@ -61,9 +62,22 @@ class ConfigError(ValueError):
 
 
 def recipe_dirs() -> list[Path]:
-    """Directories searched for recipes, in order: the repo checkout next to the package, then each entry of
-    ``$CHEXONE_RECIPES`` (``os.pathsep``-separated), then ``./recipes``. The first file found wins."""
-    cands = [Path(__file__).resolve().parents[2] / "recipes"]
+    """Directories searched for recipes, in order: the recipes shipped with the package (``chexone/recipes`` of an
+    installed wheel, found through importlib.resources; in a source checkout or an editable install, the top-level
+    ``recipes/`` they are built from), then each entry of ``$CHEXONE_RECIPES`` (``os.pathsep``-separated), then
+    ``./recipes``. The first file found wins."""
+    from importlib import resources
+
+    packaged: Path | None = None
+    try:  # an installed wheel: pyproject.toml ships the top-level recipes/ as the package data chexone/recipes/
+        found = resources.files("chexone").joinpath("recipes")
+        if isinstance(found, Path) and found.is_dir():  # a real directory (not in a zip): recipes are read as files
+            packaged = found
+    except (ModuleNotFoundError, TypeError, OSError):
+        pass
+    if packaged is None:  # a source checkout or an editable install: chexone/ sits beside the recipes/ it ships
+        packaged = Path(__file__).resolve().parents[2] / "recipes"
+    cands = [packaged]
     cands += [Path(p).expanduser() for p in os.environ.get(RECIPES_ENV, "").split(os.pathsep) if p.strip()]
     cands.append(Path.cwd() / "recipes")
     out: list[Path] = []
@@ -716,6 +730,16 @@ _BOUNDS = {
 }
 
 
+def _nonfinite_number(value: Any) -> float | None:
+    """The first NaN/inf in a number or a list of numbers (``optim.lr=.inf``, ``optim.betas=[.nan, 0.9]``), else None.
+    No schema key takes a non-finite number: each would end up in the weights or the loss."""
+    items = list(value) if isinstance(value, (ListConfig, list, tuple)) else [value]
+    for item in items:
+        if isinstance(item, float) and not math.isfinite(item):
+            return item
+    return None
+
+
 def _origin(origins: dict[str, str | None], key: str) -> str | None:
     k = key
     while k:
@@ -789,6 +813,10 @@ def validate(
             errors.append(
                 f"Invalid value '{value}' for '{full}'{_where(src)}{hint} Allowed: {' | '.join(map(str, choices))}"
             )
+        bad_number = _nonfinite_number(value)
+        if bad_number is not None:
+            errors.append(f"Invalid value for '{full}'{_where(src)}: must be a finite number, got {bad_number}")
+            continue
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             for name, (op, ok) in _BOUNDS.items():
                 if name in f.metadata and not ok(value, f.metadata[name]):

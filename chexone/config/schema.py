@@ -144,6 +144,9 @@ class TrainerConfig:
     checkpoint_every_n_steps: int = doc(
         500, "Save a resumable checkpoint every N optimizer steps (and at the end).", ge=0
     )
+    max_consecutive_skipped_steps: int = doc(
+        10, "Stop the run after this many optimizer steps in a row were skipped for a NaN/inf loss or gradient norm "
+            "(each skipped step leaves the weights unchanged and is counted in train/skipped_steps).", ge=1)
     val_every_n_steps: int = doc(
         0, "Run validation every N optimizer steps (0 = only at the end, if val data is set).", ge=0
     )

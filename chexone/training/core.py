@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from chexone.model import transformers_compat as compat
+from chexone.training.guards import StepGuard, ensure_finite_weights
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +198,40 @@ class ChexoneModule(L.LightningModule):
         self.processor = loaded.processor
         self.loaded_info = loaded.summary()
         self.throughput = Throughput()
+        self.step_guard = StepGuard(cfg.trainer.max_consecutive_skipped_steps, self.any_rank)
+        self._window_loss: torch.Tensor | None = None  # summed loss of the micro-batches of this optimizer step
+
+    def any_rank(self, flag: bool) -> bool:
+        """True when ``flag`` is true on any rank (one scalar all-reduce; just ``flag`` in a single process)."""
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        return bool(trainer.strategy.reduce(t, reduce_op="sum") > 0)
+
+    def add_to_step_loss(self, loss: torch.Tensor) -> None:
+        """Remember a micro-batch loss for the non-finite check of the coming optimizer step (no device sync)."""
+        loss = loss.detach().float()
+        self._window_loss = loss if self._window_loss is None else self._window_loss + loss
+
+    def guard_step(self, optimizer) -> bool:
+        """Whether this optimizer step may update the weights: False (gradients cleared, step counted and logged)
+        when the loss of its micro-batches or the gradient norm is NaN/inf. Call with the gradients in place, before
+        clipping."""
+        loss = float(self._window_loss) if self._window_loss is not None else 0.0
+        self._window_loss = None
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        ok, norm = self.step_guard.check(params, loss=loss, step=self.global_step)
+        self.log("train/grad_norm", norm, rank_zero_only=True)
+        self.log("train/skipped_steps", float(self.step_guard.skipped), rank_zero_only=True)
+        return ok
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        ensure_finite_weights(self.model, f"a checkpoint at step {self.global_step}", self.any_rank)
+        checkpoint["chexone_step_guard"] = self.step_guard.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.step_guard.load_state_dict(checkpoint.get("chexone_step_guard", {}))
 
     def configure_model(self) -> None:
         """With ``trainer.strategy=fsdp2``: shard every decoder layer and vision block, then the root (FSDP2)."""
@@ -218,6 +253,8 @@ class ChexoneModule(L.LightningModule):
         return build_optimizer(self.model, self.cfg.optim, self.cfg.trainer.max_steps)
 
     def on_before_optimizer_step(self, optimizer) -> None:
+        if self.automatic_optimization:  # manual optimisation (GRPO) calls guard_step itself, before clipping
+            self.guard_step(optimizer)
         if self.global_step % max(1, self.cfg.trainer.log_every_n_steps) == 0:
             rates = self.throughput.rates()
             self.log("train/tokens_per_s", rates["tokens_per_s"], prog_bar=True, rank_zero_only=True)
@@ -247,6 +284,7 @@ class ChexoneModule(L.LightningModule):
 
             state_dict = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True,
                                                                                    cpu_offload=True))
+        ensure_finite_weights(self.model, f"the Hugging Face export {directory}", self.any_rank)
         trainer = self._trainer
         if trainer is not None and not trainer.is_global_zero:
             return directory

@@ -24,6 +24,7 @@ from chexone.model.processor import PromptEncoder
 from chexone.tasks.base import Task
 from chexone.training.core import ChexoneModule, is_fsdp2, token_logps
 from chexone.training.grpo_loss import combine_rewards, group_advantages, grpo_loss, zero_std_groups
+from chexone.training.reward_set import RewardError, RewardSet
 from chexone.training.rollout import (
     Rollouts,
     SamplingSettings,
@@ -34,10 +35,6 @@ from chexone.training.rollout import (
 from chexone.training.sft import prompt_style
 
 log = logging.getLogger(__name__)
-
-
-class RewardError(RuntimeError):
-    """A reward raised; the message names the reward, the sample and the completion."""
 
 
 class StepTimer:
@@ -53,45 +50,6 @@ class StepTimer:
             yield
         finally:
             self.seconds[name] += time.perf_counter() - t0
-
-
-class RewardSet:
-    """The recipe's rewards, resolved from the registry, scored in one batched call each."""
-
-    def __init__(self, specs: list[Any], boxed: str, on_error: str):
-        from chexone.registry import REWARDS
-
-        if not specs:
-            raise ValueError("grpo.rewards is empty: list at least one reward, e.g. [{name: format}, {name: vqa}]")
-        self.items = [(s.name, float(s.weight), dict(s.kwargs), REWARDS.get(s.name)) for s in specs]
-        self.weights = {name: w for name, w, _, _ in self.items}
-        self.boxed = boxed
-        self.on_error = on_error
-        self.errors: dict[str, int] = defaultdict(int)
-
-    def score(self, texts: list[str], samples: list[Sample]) -> dict[str, list[float | None]]:
-        out = {}
-        for name, _, kwargs, fn in self.items:
-            try:
-                values = fn(texts, samples, boxed=self.boxed, **kwargs)
-                if len(values) != len(texts):
-                    raise ValueError(f"returned {len(values)} values for {len(texts)} completions")
-            except Exception:  # noqa: BLE001 - locate the failing sample, then fail or score 0 as configured
-                values = [self._score_one(name, fn, kwargs, t, s) for t, s in zip(texts, samples)]
-            out[name] = [None if v is None else float(v) for v in values]
-        return out
-
-    def _score_one(self, name: str, fn: Callable, kwargs: dict, text: str, sample: Sample) -> float | None:
-        try:
-            return fn([text], [sample], boxed=self.boxed, **kwargs)[0]
-        except Exception as err:  # noqa: BLE001
-            message = (f"reward {name!r} failed on sample {sample.id!r} (task {sample.task}) with completion "
-                       f"{text[:200]!r}: {type(err).__name__}: {err}")
-            if self.on_error == "fail":
-                raise RewardError(message + " (set grpo.reward_errors=zero to score 0 and continue)") from err
-            self.errors[name] += 1
-            log.warning(message + " -> scored 0")
-            return 0.0
 
 
 class GRPOModule(ChexoneModule):
@@ -223,15 +181,16 @@ class GRPOModule(ChexoneModule):
                                     max_completion_length=g.max_completion_length, num_items_in_batch=num_items)
                     weight = 1.0 if g.loss_type == "dapo" else len(mb) / len(groups)
                     self.manual_backward(out.loss * weight)
+                    self.add_to_step_loss(out.loss * weight)
                     self.throughput.add(int(batch["attention_mask"].sum()), int(batch["attention_mask"].shape[0]))
                 stats["loss"].append(float(out.loss.detach()) * weight)
                 stats["kl"].append(out.kl)
                 stats["clip_low"].append(out.clip_low)
                 stats["clip_high"].append(out.clip_high)
                 stats["entropy"].append(float((ent * mask).sum() / mask.sum().clamp(min=1)))
-            if self.cfg.optim.max_grad_norm:
+            if self.guard_step(opt) and self.cfg.optim.max_grad_norm:
                 self.clip_gradients(opt, gradient_clip_val=self.cfg.optim.max_grad_norm, gradient_clip_algorithm="norm")
-            opt.step()
+            opt.step()  # after a skipped step the gradients are cleared: weights and AdamW state stay as they were
             sched.step()
 
         timer.seconds["step"] = time.perf_counter() - t_step

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from chexone.data.collate import PromptCollator
 from chexone.data.sample import Sample
 from chexone.model.processor import PromptEncoder
-from chexone.training.grpo import RewardSet
+from chexone.training.reward_set import RewardSet
 from chexone.training.grpo_loss import combine_rewards
 from chexone.training.rollout import SamplingSettings, make_engine
 

@@ -43,6 +43,7 @@ class SFTModule(ChexoneModule):
             # DDP ranks in step.
             return sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
         loss, n_tokens = sft_loss(self.model, batch)
+        self.add_to_step_loss(loss)
         self.throughput.add(int(batch["attention_mask"].sum()), batch["num_samples"])
         bs = batch["num_samples"]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
