@@ -27,6 +27,9 @@ def run_filter(cfg: Any) -> dict[str, Any]:
     )
     from chexone.training.run import device_type_for, resolve_data
 
+    from chexone.training.preflight import preflight
+
+    preflight(cfg, "filter")  # task and reward names, shard patterns: checked before the model loads
     f = cfg.filter
     out = Path(f.out)
     out.mkdir(parents=True, exist_ok=True)

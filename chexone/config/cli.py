@@ -235,7 +235,7 @@ def run_command(argv: Sequence[str] | None, command: str, run: Any, *, schema: t
 
     try:
         run(cfg)
-    except ModelLoadError as err:
+    except (ModelLoadError, ConfigError) as err:  # ConfigError here: a name or path checked before the model loads
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

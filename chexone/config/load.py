@@ -610,8 +610,33 @@ def parse_overrides(
             selected.pop(key, None)
             selected[key] = text.strip()
             continue
-        _set_nested(nested, key.split("."), parse_value(text, type_at(schema, key)))
+        tp = type_at(schema, key)
+        if _unwrap_optional(tp)[0] is not str and (problem := _bracket_problem(text.strip())):
+            errors.append(f"Malformed value for '{key}': {text.strip()!r} {problem}. Write lists as {key}=[a,b] "
+                          "(quote the whole argument in the shell).")
+            continue
+        _set_nested(nested, key.split("."), parse_value(text, tp))
     return selected, nested, errors
+
+
+def _bracket_problem(text: str) -> str | None:
+    """Why the brackets of a command-line value do not balance ("has an unclosed '['"), or None. Quoted text is
+    skipped, so a path or a string item may hold brackets."""
+    pairs, stack, quote = {"]": "[", "}": "{", ")": "("}, [], None
+    for ch in text:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{(":
+            stack.append(ch)
+        elif ch in pairs:
+            if not stack or stack[-1] != pairs[ch]:
+                return f"has an unmatched '{ch}'"
+            stack.pop()
+    if quote:
+        return f"has an unclosed quote {quote}"
+    return f"has an unclosed '{stack[-1]}'" if stack else None
 
 
 def _parse_defaults(raw: Any, src: str, errors: list[str]) -> list[tuple[str, str]]:

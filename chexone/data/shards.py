@@ -13,7 +13,7 @@ The tar reader is our own (plain :mod:`tarfile` in stream mode) rather than webd
 to (a) never touch members other than ``<key>.json`` and ``<key>.<name>.png|jpg|jpeg`` — pickles (``.pyd``,
 ``.pickle``, ``.pth`` ...) are not even read, only counted — and (b) count every corrupt sample by reason, including
 truncated tars, which webdataset's handlers report only as an exception without the sample key. Brace patterns are
-expanded with ``braceexpand`` (webdataset's own expander, a webdataset dependency).
+expanded with ``braceexpand`` (the expander webdataset uses too).
 
 Skip statistics: each process (main or DataLoader worker) counts what it read/skipped/ignored in a
 :class:`SkipStats`, warns (rate-limited) about each skipped sample, and raises :class:`ShardDataError` when the
@@ -31,6 +31,7 @@ so the reader holds at most one block in memory. Shared members are not samples:
 
 from __future__ import annotations
 
+import difflib
 import glob
 import hashlib
 import io
@@ -66,6 +67,7 @@ Image.preinit()
 REASONS = (
     "bad_json",  # <key>.json is not valid UTF-8 JSON or not an object
     "missing_field",  # a REQUIRED_FIELDS key is absent
+    "unknown_task",  # the task name is not a registered task (a typo, or a plugin that is not installed)
     "invalid_field",  # a field has the wrong type (Sample.from_json refused it)
     "missing_json",  # members with this key but no <key>.json
     "bad_image_name",  # "images" is not a list of "<name>.png|jpg|jpeg" strings
@@ -487,7 +489,8 @@ def _read_shard(
     return max(seen, expected or 0)
 
 
-def _parse(raw: _Raw, tracker: _Tracker, task_filter: frozenset[str] | None) -> _Parsed | None:
+def _parse(raw: _Raw, tracker: _Tracker, task_filter: frozenset[str] | None,
+           known_tasks: frozenset[str] | None = None) -> _Parsed | None:
     """Check the JSON and that every image it names is present; apply the task filter. None = dropped (counted)."""
     shard, key = raw.shard, raw.key
     if "json" not in raw.members:
@@ -507,6 +510,11 @@ def _parse(raw: _Raw, tracker: _Tracker, task_filter: frozenset[str] | None) -> 
         return None
     if task_filter is not None and record.get("task") not in task_filter:
         tracker.filtered()
+        return None
+    if known_tasks is not None and record.get("task") not in known_tasks:
+        close = difflib.get_close_matches(str(record.get("task")), sorted(known_tasks), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else " (install the plugin that provides it)"
+        tracker.skip("unknown_task", shard, key, f"task {record.get('task')!r} is not a registered task{hint}")
         return None
     names = record.get("images", [])
     if not isinstance(names, list) or not all(
@@ -593,9 +601,12 @@ class ShardDatasetBase(IterableDataset):
     """What both datasets share: resolved shard sets, the skip limit, and the shared skip-stats table."""
 
     def __init__(
-        self, shard_sets: Any, *, max_skip_fraction: float, task_filter: Iterable[str] | None, min_read: int
+        self, shard_sets: Any, *, max_skip_fraction: float, task_filter: Iterable[str] | None, min_read: int,
+        known_tasks: Iterable[str] | None = None,
     ) -> None:
         super().__init__()
+        #: Task names a sample may carry (None = any); others are skipped and counted as "unknown_task".
+        self.known_tasks = frozenset(known_tasks) if known_tasks is not None else None
         self.shard_sets = resolve_shard_sets(shard_sets)
         if not 0.0 <= max_skip_fraction <= 1.0:
             raise ValueError(f"max_skip_fraction must be in [0, 1], got {max_skip_fraction}")
@@ -648,8 +659,10 @@ class ShardTrainDataset(ShardDatasetBase):
         task_filter: Iterable[str] | None = None,
         min_read: int = DEFAULT_MIN_READ,
         batch_size: int = 1,
+        known_tasks: Iterable[str] | None = None,
     ) -> None:
-        super().__init__(shard_sets, max_skip_fraction=max_skip_fraction, task_filter=task_filter, min_read=min_read)
+        super().__init__(shard_sets, max_skip_fraction=max_skip_fraction, task_filter=task_filter, min_read=min_read,
+                         known_tasks=known_tasks)
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
         if not samples_per_epoch:
@@ -702,7 +715,7 @@ class ShardTrainDataset(ShardDatasetBase):
             expected = shard_set.sizes[shard] if shard_set.sizes else None
             produced = False
             for raw in _read_shard(shard, tracker, expected=expected):
-                parsed = _parse(raw, tracker, self.task_filter)
+                parsed = _parse(raw, tracker, self.task_filter, self.known_tasks)
                 if parsed is not None:
                     produced = True
                     yield parsed
@@ -781,8 +794,10 @@ class ShardEvalDataset(ShardDatasetBase):
         max_skip_fraction: float = 0.05,
         task_filter: Iterable[str] | None = None,
         min_read: int = DEFAULT_MIN_READ,
+        known_tasks: Iterable[str] | None = None,
     ) -> None:
-        super().__init__(shard_sets, max_skip_fraction=max_skip_fraction, task_filter=task_filter, min_read=min_read)
+        super().__init__(shard_sets, max_skip_fraction=max_skip_fraction, task_filter=task_filter, min_read=min_read,
+                         known_tasks=known_tasks)
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
         self.rank, self.world_size = int(rank), int(world_size)
@@ -810,7 +825,7 @@ class ShardEvalDataset(ShardDatasetBase):
                     except StopIteration as done:
                         offset += done.value
                         break
-                    parsed = _parse(raw, tracker, self.task_filter)
+                    parsed = _parse(raw, tracker, self.task_filter, self.known_tasks)
                     sample = _decode(parsed, tracker) if parsed is not None else None
                     if sample is not None:
                         yield sample
@@ -833,6 +848,7 @@ def build_train_dataset(
     task_filter: Iterable[str] | None = None,
     min_read: int = DEFAULT_MIN_READ,
     batch_size: int = 1,
+    known_tasks: Iterable[str] | None = None,
 ) -> ShardTrainDataset:
     """Training stream of :class:`Sample`: resampled shards, weighted set mixing, shuffle buffer, fixed epoch length.
 
@@ -841,6 +857,7 @@ def build_train_dataset(
     number of steps. ``samples_per_epoch`` 0/None = total of sizes.json. Randomness is a deterministic function of
     (seed, epoch, rank, worker); call ``set_epoch`` before each epoch for a fresh order (without it, each ``iter()``
     in the same process advances the epoch). ``task_filter``: keep only these task names (None/empty = all).
+    ``known_tasks``: samples of any other task are skipped and counted as ``unknown_task`` (None = no check).
     """
     return ShardTrainDataset(
         shard_sets,
@@ -853,6 +870,7 @@ def build_train_dataset(
         task_filter=task_filter,
         min_read=min_read,
         batch_size=batch_size,
+        known_tasks=known_tasks,
     )
 
 
@@ -865,6 +883,7 @@ def build_eval_dataset(
     max_skip_fraction: float = 0.05,
     task_filter: Iterable[str] | None = None,
     min_read: int = DEFAULT_MIN_READ,
+    known_tasks: Iterable[str] | None = None,
 ) -> ShardEvalDataset:
     """Every sample once, in shard order (sets in the given order, shards sorted), deterministic, no resampling.
 
@@ -879,6 +898,7 @@ def build_eval_dataset(
         max_skip_fraction=max_skip_fraction,
         task_filter=task_filter,
         min_read=min_read,
+        known_tasks=known_tasks,
     )
 
 

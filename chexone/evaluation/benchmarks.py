@@ -133,9 +133,10 @@ def iter_samples(bench: Benchmark, *, demo_dir: str, max_skip_fraction: float = 
         stream = read_json_samples(path, max_skip_fraction=max_skip_fraction, max_pixels=max_pixels)
     else:
         from chexone.data.shards import build_eval_dataset
+        from chexone.registry import TASKS
 
         try:
-            stream = iter(build_eval_dataset(path, max_skip_fraction=max_skip_fraction))
+            stream = iter(build_eval_dataset(path, max_skip_fraction=max_skip_fraction, known_tasks=TASKS.names()))
         except (FileNotFoundError, ValueError) as e:
             raise BenchmarkError(f"benchmark {bench.name!r} (data.{bench.name}={bench.path}): {e}") from e
     n = 0

@@ -116,13 +116,14 @@ def _scores_path(out: Path, shard: str) -> Path:
 def score_shards(shards: list[str], scorer: Any, out: Path, *, task_filter: list[str] | None = None) -> list[ScoredSample]:
     """Score every shard not scored yet (resumable), then return all scores."""
     from chexone.data.shards import build_eval_dataset
+    from chexone.registry import TASKS
 
     (out / "scores").mkdir(parents=True, exist_ok=True)
     todo = [s for s in shards if not _scores_path(out, s).exists()]
     if len(todo) < len(shards):
         print(f"filter: resuming, {len(shards) - len(todo)} of {len(shards)} shards already scored", flush=True)
     for shard in tqdm(todo, desc="filter: scoring shards", unit="shard"):
-        samples = list(build_eval_dataset(shard, task_filter=task_filter))
+        samples = list(build_eval_dataset(shard, task_filter=task_filter, known_tasks=TASKS.names()))
         scored = scorer.score(samples, shard)
         path = _scores_path(out, shard)
         tmp = path.with_suffix(".tmp")

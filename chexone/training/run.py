@@ -127,7 +127,8 @@ class ChexoneDataModule(L.LightningDataModule):
             d = self.cfg.data
             ds = build_train_dataset(d.train, samples_per_epoch=None, seed=self.cfg.trainer.seed + 7919, rank=rank,
                                      world_size=world, shuffle_buffer=d.shuffle_buffer,
-                                     max_skip_fraction=d.max_skip_fraction, task_filter=list(d.tasks) or None)
+                                     max_skip_fraction=d.max_skip_fraction, task_filter=list(d.tasks) or None,
+                                     known_tasks=_known_tasks())
             self._refill_iter = _forever(ds)
         return [next(self._refill_iter) for _ in range(n)]
 
@@ -151,7 +152,7 @@ class ChexoneDataModule(L.LightningDataModule):
         ds = self.train_dataset = build_train_dataset(
             d.train, samples_per_epoch=d.samples_per_epoch or None, seed=self.cfg.trainer.seed, rank=rank,
             world_size=world, shuffle_buffer=d.shuffle_buffer, max_skip_fraction=d.max_skip_fraction,
-            task_filter=list(d.tasks) or None, batch_size=self.batch_size,
+            task_filter=list(d.tasks) or None, batch_size=self.batch_size, known_tasks=_known_tasks(),
         )
         return torch.utils.data.DataLoader(
             ds, batch_size=self.batch_size, collate_fn=self.train_collate, num_workers=d.num_workers,
@@ -166,9 +167,16 @@ class ChexoneDataModule(L.LightningDataModule):
         rank, world = self._rank_world()
         ds = build_eval_dataset(self.cfg.data.val, rank=rank, world_size=world, limit=self.cfg.trainer.val_samples,
                                 max_skip_fraction=self.cfg.data.max_skip_fraction,
-                                task_filter=list(self.cfg.data.tasks) or None)
+                                task_filter=list(self.cfg.data.tasks) or None, known_tasks=_known_tasks())
         return torch.utils.data.DataLoader(ds, batch_size=self.cfg.data.micro_batch_size, collate_fn=list,
                                            num_workers=0)
+
+
+def _known_tasks() -> list[str]:
+    """Registered task names: a sample of any other task is skipped and counted, not a crash in the collator."""
+    from chexone.registry import TASKS
+
+    return TASKS.names()
 
 
 def _forever(dataset):
@@ -231,7 +239,7 @@ def log_sample_previews(cfg: Any, logger: Any, module: Any) -> None:
     from chexone.data.shards import build_eval_dataset
 
     table = wandb.Table(columns=["id", "task", "image", "prompt", "target"])
-    for sample in build_eval_dataset(cfg.data.train, limit=cfg.wandb.log_samples):
+    for sample in build_eval_dataset(cfg.data.train, limit=cfg.wandb.log_samples, known_tasks=_known_tasks()):
         task = module.task_lookup(sample.task)
         reasoning = use_reasoning(sample, cfg.data.reasoning)
         prompt = module.encoder.render(task.messages(sample, reasoning=reasoning, style=module.style))
@@ -252,7 +260,9 @@ def run_fit(cfg: Any, *, callbacks: list[Any] | None = None) -> dict[str, Any]:
     """Train as the recipe says; ``callbacks`` are extra Lightning callbacks. Returns a summary (paths, metrics)."""
     from chexone.model import load_pretrained
     from chexone.tasks import get_task
+    from chexone.training.preflight import preflight
 
+    preflight(cfg, "fit")  # every name, path and batch size checked before anything loads
     L.seed_everything(cfg.trainer.seed, workers=True)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
