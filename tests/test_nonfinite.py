@@ -6,6 +6,7 @@ rejected before anything loads."""
 import copy
 import csv
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -239,3 +240,21 @@ def test_grpo_nan_reward_fails_or_scores_zero_and_weights_stay_finite(tmp_path, 
     assert summary["global_step"] == 2
     assert summary["metrics"]["train/reward_errors/test_nan_second"] == 2.0  # one NaN per batch, two batches
     assert all(torch.isfinite(v).all() for v in _sd(out / "checkpoints" / "last.ckpt").values())
+
+
+def test_cli_stops_with_one_clear_line_when_training_goes_non_finite(tmp_path, cache_dir, demo_shards, tiny_dir):
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys\n"
+        "import chexone.training.sft as sft\n"
+        "real = sft.sft_loss\n"
+        "sft.sft_loss = lambda model, batch, **kw: (real(model, batch, **kw)[0] * float('nan'), 1)\n"
+        "from chexone.fit import main\n"
+        "sys.exit(main(sys.argv[1:]))\n")
+    args = ["recipe=stage1_sft", *tiny_demo_overrides(tmp_path / "out", **{
+        "trainer.max_steps": 5, "data.val": "[]", "trainer.max_consecutive_skipped_steps": 2})]
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300,
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT),
+                                         "CHEXONE_CACHE": str(cache_dir)})
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "error: 2 optimizer steps in a row were skipped" in proc.stderr and "Traceback" not in proc.stderr

@@ -224,18 +224,25 @@ def parse_cli_or_exit(
 def run_command(argv: Sequence[str] | None, command: str, run: Any, *, schema: type = RecipeConfig) -> int:
     """The shared ``main()`` of the ``python -m chexone.<command>`` entry points: parse the recipe (``--help``/``ls``
     print and return 0; config errors exit 2), set up logging, call ``run(cfg)``, and turn a model that cannot be
-    loaded into a one-line error with exit code 2."""
+    loaded or a name checked before loading into a one-line error with exit code 2, and a run that stopped itself
+    (non-finite training, a failing reward, too much corrupt data) into a one-line error with exit code 1."""
     import logging
 
     cfg = parse_cli_or_exit(argv, command=command, schema=schema)
     if cfg is None:
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from chexone.data.shards import ShardDataError
     from chexone.model import ModelLoadError
+    from chexone.training.guards import NonFiniteError
+    from chexone.training.reward_set import RewardError
 
     try:
         run(cfg)
     except (ModelLoadError, ConfigError) as err:  # ConfigError here: a name or path checked before the model loads
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except (NonFiniteError, RewardError, ShardDataError) as err:  # the run stopped itself, for the reason given
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
