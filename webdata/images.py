@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-#: Default pixel budget per image: the reference training setting (512 x 512), DESIGN.md §1.
+#: Default pixel budget per image: the reference training setting (512 x 512), docs/method.md §1.
 DEFAULT_MAX_PIXELS = 262144
 
 WINDOW_MODES = ("auto", "minmax", "percentile")

@@ -5,7 +5,7 @@ Two entry points:
 * :func:`build_train_dataset` — endless, *resampled* shards (drawn with replacement, shard sets mixed sample by sample
   in proportion to their weights) cut to a fixed epoch length. Every DDP rank yields exactly
   ``samples_per_epoch // world_size`` samples per epoch, split over its DataLoader workers, so no rank ever waits for
-  another at a collective (``split_by_node`` over uneven shards stalls DDP, see DESIGN.md §5).
+  another at a collective (``split_by_node`` over uneven shards stalls DDP, see docs/method.md §8).
 * :func:`build_eval_dataset` — every sample once, in shard order, no resampling; rank ``r`` takes samples
   ``i % world_size == r``.
 

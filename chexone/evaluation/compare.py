@@ -1,7 +1,7 @@
 """``python -m chexone.evaluate compare A B``: paired differences between two evaluation runs on the same samples.
 
 Samples are paired by id within each benchmark both runs have. Per metric with per-sample scores: the means, the
-difference B − A with a paired bootstrap CI, and the test DESIGN.md §2 prescribes: McNemar (exact) when the scores
+difference B − A with a paired bootstrap CI, and the test docs/method.md §5 prescribes: McNemar (exact) when the scores
 are correct/wrong (accuracy, exact match), the Wilcoxon signed-rank test for ordinal ratings, the paired t-test for
 continuous scores. A metric class says which with ``paired_test = "mcnemar" | "paired_t" | "wilcoxon"`` (or
 ``ordinal = True``); without it, 0/1 scores get McNemar and anything else the t-test. Corpus-only metrics (e.g.

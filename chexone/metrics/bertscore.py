@@ -1,4 +1,4 @@
-"""BERTScore through the ``bert-score`` package, with ReXRank's settings by default (DESIGN.md §3).
+"""BERTScore through the ``bert-score`` package, with ReXRank's settings by default (docs/method.md §6).
 
 ReXRank / CXR-Report-Metric: ``BERTScorer(model_type="distilroberta-base", lang="en", rescale_with_baseline=True,
 idf=False)`` — layer 5 (the package's default for that model), the baseline file shipped inside ``bert-score``

@@ -1,7 +1,7 @@
 """RadCliQ-v1 (lower is better) from BLEU-2, BERTScore, SembScore and RadGraph, per sample, batched and cached.
 
 RadCliQ-v1 = Σ cᵢ·(xᵢ − meanᵢ)/scaleᵢ + b over x = [radgraph_combined, bertscore, semb_score, bleu] with the constants
-of CXR-Report-Metric's ``radcliq-v1.pkl`` (DESIGN.md §3). Golden values: all features 1 -> −1.4406903, all 0 ->
+of CXR-Report-Metric's ``radcliq-v1.pkl`` (docs/method.md §6). Golden values: all features 1 -> −1.4406903, all 0 ->
 2.4501431. The corpus score is reported as ``1/mean(RadCliQ)`` (the paper's "1/RadCliQ"); per sample, 1/x is not
 monotone across 0, so rewards use a monotone map (``chexone.rewards.builtin.report_reward``).
 

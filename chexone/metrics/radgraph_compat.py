@@ -1,6 +1,6 @@
 """The one place that adapts the ``radgraph`` package (0.1.18) to this project: transformers 5 and offline loading.
 
-What breaks, checked against the package's sources (DESIGN.md §3):
+What breaks, checked against the package's sources (docs/method.md §6):
 
 1. ``radgraph.allennlp.data.tokenizers.PretrainedTransformerTokenizer`` calls ``tokenizer.encode_plus(...)`` and
    ``PretrainedTransformerIndexer`` calls ``tokenizer.build_inputs_with_special_tokens(ids)``; transformers 5 removed

@@ -1,4 +1,4 @@
-"""Reasoning metrics (DESIGN.md §2): factuality of reasoning traces and self-consistency of sampled answers.
+"""Reasoning metrics (docs/method.md §5): factuality of reasoning traces and self-consistency of sampled answers.
 
 * :class:`Factuality` (``factuality``): |E(reasoning) ∩ E(reference report)| / |E(reasoning)|, E = the set of
   entities a RadGraph model extracts (RadGraph-XL in the paper: ``model_type="radgraph-xl"``). An entity is

@@ -1,4 +1,4 @@
-"""Statistics for reporting results (DESIGN.md §2): bootstrap 95% CIs (1000 resamples, seeded), McNemar's test for
+"""Statistics for reporting results (docs/method.md §5): bootstrap 95% CIs (1000 resamples, seeded), McNemar's test for
 paired accuracy, the paired t-test for continuous scores, and the Wilcoxon signed-rank test for ordinal ratings.
 
 Pure numpy + math (no scipy at run time); tests compare every function with ``scipy.stats``:

@@ -1,4 +1,4 @@
-"""BLEU-2 exactly as ReXRank / RadCliQ compute it (DESIGN.md §3).
+"""BLEU-2 exactly as ReXRank / RadCliQ compute it (docs/method.md §6).
 
 Per sample: tokens = ``text.lower().replace(".", " .").split(" ")`` without empty strings; BLEU with weights (½, ½),
 one reference, and NLTK's smoothing ``method1`` (ε = 0.1 added to zero n-gram match counts). Equal to

@@ -3,7 +3,7 @@
 Nothing is downloaded. The model directory is written once into a cache (config, safetensors weights, tokenizer,
 image processor) and then loaded through the same ``from_pretrained`` code path as a real checkpoint, so tests
 exercise the real loading code. A ~1k-token vocabulary keeps a GRPO step ~10x cheaper than the real 151k one
-(DESIGN.md §5).
+(docs/method.md §8).
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def _train_tokenizer():
 
 
 def tiny_config(tokenizer):
-    """A 2-layer Qwen2.5-VL config (values measured to work, DESIGN.md §5)."""
+    """A 2-layer Qwen2.5-VL config (values measured to work, docs/method.md §8)."""
     from transformers import Qwen2_5_VLConfig
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}

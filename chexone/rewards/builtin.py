@@ -1,4 +1,4 @@
-"""CheXOne's GRPO rewards (DESIGN.md §1), registered by name in ``chexone.rewards``.
+"""CheXOne's GRPO rewards (docs/method.md §3), registered by name in ``chexone.rewards``.
 
 Interface (same as plugins): ``reward(responses, samples, **kwargs) -> list[float | None]`` — one value per response,
 ``None`` for samples whose task family the reward does not own. ``boxed`` ("first" | "last") says which ``\\boxed{}``

@@ -67,7 +67,7 @@ _LONE_LETTER = re.compile(r"(?<![A-Za-z])([A-Z])(?![A-Za-z])")
 
 def parse_option_letters(text: str) -> set[str]:
     """Option letters in an answer: '(A)' forms first, then letters followed by '.', ':', ',' or space, then lone
-    letters. Returns the letters of the first rule that matches (DESIGN.md §1)."""
+    letters. Returns the letters of the first rule that matches (docs/method.md §3)."""
     text = text.strip()
     for pattern in (_PAREN_LETTER, _LETTER_PUNCT, _LONE_LETTER):
         letters = set(pattern.findall(text if pattern is not _LETTER_PUNCT else text + " "))

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from chexone.data.sample import Sample
 from chexone.tasks.answers import extract_boxed, find_boxed
 
-#: The paper's reasoning suffix (DESIGN.md §1). The released data used a variant; it is configurable per recipe.
+#: The paper's reasoning suffix (docs/method.md §4). The released data used a variant; it is configurable per recipe.
 PAPER_REASONING_SUFFIX = "Please reason step by step and put your final answer within \\boxed{}."
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 

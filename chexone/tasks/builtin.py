@@ -1,4 +1,4 @@
-"""Built-in tasks for the paper's task families (DESIGN.md §1-§2). Registered by name in ``chexone.tasks``."""
+"""Built-in tasks for the paper's task families (docs/method.md §3, §5). Registered by name in ``chexone.tasks``."""
 
 from __future__ import annotations
 

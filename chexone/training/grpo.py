@@ -53,7 +53,7 @@ class StepTimer:
 
 
 class GRPOModule(ChexoneModule):
-    """Group Relative Policy Optimisation on Qwen2.5-VL (DESIGN.md §1)."""
+    """Group Relative Policy Optimisation on Qwen2.5-VL (docs/method.md §2)."""
 
     def __init__(self, cfg: Any, loaded: Any, task_lookup: Callable[[str], Task], ref_model: nn.Module | None = None,
                  refill: Callable[[int], list[Sample]] | None = None):

@@ -1,4 +1,4 @@
-"""GRPO arithmetic (DESIGN.md §1): reward combination, group-normalised advantages, the clipped-ratio loss with a k3
+"""GRPO arithmetic (docs/method.md §2): reward combination, group-normalised advantages, the clipped-ratio loss with a k3
 KL penalty, and the four loss aggregations peers use. Pure tensor code, tested against hand-computed values."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Low-variance filtering before stage 2 (DESIGN.md §1): score K stochastic generations per sample with the task
+"""Low-variance filtering before stage 2 (docs/method.md §2): score K stochastic generations per sample with the task
 rewards, keep the top fraction by reward variance within each task, write the kept samples as new shards.
 
 Work is done shard by shard and each finished shard's scores are written atomically to ``<out>/scores/``, so an
