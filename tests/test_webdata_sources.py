@@ -14,6 +14,7 @@ from webdata.sources.common import (
     RecordError,
     SplitIndex,
     TaskMapper,
+    box_outside_image,
     grid_box,
     grid_boxes,
     ids_from_path,
@@ -101,6 +102,20 @@ def test_grid_boxes_by_hand():
                                                                                  [70, 13, 75, 19]]
     with pytest.raises(RecordError):
         grid_box([1, 2, 3, 4], 0, 10)
+
+
+def test_boxes_outside_the_image():
+    # pixel boxes: the image's edges are inside, anything beyond them (or negative, or empty) is not
+    assert box_outside_image([0, 0, 50, 40], 50, 40) == ""
+    assert box_outside_image([10, 10, 50.5, 30], 50, 40) == "box (10,10)-(50.5,30) is outside the 50x40 image"
+    assert box_outside_image([-1, 0, 20, 20], 50, 40) == "box (-1,0)-(20,20) is outside the 50x40 image"
+    assert box_outside_image([0, 30, 20, 41], 50, 40) == "box (0,30)-(20,41) is outside the 50x40 image"
+    # grid answers (chexone / chexinstruct): 100 is CheXinstruct's rounding of 99.5 and clamped; above is outside
+    assert normalise_box_answer("<|ref|>effusion<|/ref|><|box|>(70,80),(100,100)<|/box|>")[1] == [[70, 80, 99, 99]]
+    for box in ("(70,80),(120,90)", "(-3,80),(20,90)"):
+        with pytest.raises(RecordError, match="f:5: box .* of 'effusion' is outside the image") as e:
+            normalise_box_answer(f"<|ref|>effusion<|/ref|><|box|>{box}<|/box|>", "f:5")
+        assert e.value.reason == "box_outside_image"
 
 
 def test_vindr_box_fusion_and_negatives():

@@ -8,8 +8,11 @@ A build runs in three resumable phases, all state kept under ``OUT/.parts/``:
 1. **plan** — the source reads its annotation files (no pixels) into units (samples that share images); every unit's
    ids are checked against the official split files (``--split`` + ``--split-file``): a unit of another split is a
    leak and the build stops before converting anything, listing the overlaps in ``OUT/overlaps.jsonl``
-   (``--on-overlap drop`` drops them instead). Units are written to ``.parts/pNNNNN/units.jsonl`` in partitions of
-   ``--partition-size``; ``.parts/plan.json`` marks the plan complete.
+   (``--on-overlap drop`` drops them instead). Units are written to ``.parts.new/pNNNNN/units.jsonl`` in partitions
+   of ``--partition-size``, with ``plan.json`` last; only then does ``.parts.new`` become ``.parts`` (and, with
+   ``--overwrite``, the earlier shard set is removed), so a plan that fails leaves OUT as it was. An input file that
+   cannot be read (bad CSV quoting, a row with the wrong number of fields, bytes that are not UTF-8, a corrupt
+   ``.gz``) stops the build with one message naming file and line (``InputError``).
 2. **convert** — partitions run in ``--workers`` processes: images are loaded (PNG/JPEG/DICOM, windowed, 8-bit,
    resized to ``--max-pixels``) once per unit, samples written with ``ShardWriter.write_group`` (an image shared by
    several samples is stored once). A broken image or record is reported with its path and skipped. A finished
@@ -19,7 +22,9 @@ A build runs in three resumable phases, all state kept under ``OUT/.parts/``:
    ``skipped.jsonl`` (every skipped record with its file/row and reason) are written, ``.parts`` is removed.
 
 Rerunning a finished build with the same arguments does nothing; with other arguments it is refused unless
-``--overwrite``. Exit status: 0 ok, 2 bad arguments or input, 3 split overlap (leak) refused.
+``--overwrite``, which deletes only what the builder wrote. ``--out`` must be a new or empty directory or one the
+builder made; a file or a directory holding other files is refused (:func:`check_out`). Exit status: 0 ok, 2 bad
+arguments or input, 3 split overlap (leak) refused.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import multiprocessing as mp
 import os
 import platform
 import queue as queue_mod
+import re
 import shutil
 import sys
 import time
@@ -44,7 +50,7 @@ from typing import Any
 from chexone.data.sample import SCHEMA_VERSION, Sample
 from webdata.images import DEFAULT_MAX_PIXELS, WINDOW_MODES, ImageError, ImageLoader
 from webdata.sources import SOURCES, get_source
-from webdata.sources.common import RecordError, Skip, SplitIndex, Unit
+from webdata.sources.common import InputError, RecordError, Skip, SplitIndex, Unit
 from webdata.writer import ShardWriter, _write_json, brace_pattern
 
 #: Version of the build machinery (plan/partition/finalize and the manifest); each source has its own version too.
@@ -102,7 +108,9 @@ def _common_parser() -> argparse.ArgumentParser:
                    help="worker processes (default: min(4, CPUs))")
     g.add_argument("--partition-size", type=int, default=100, metavar="N",
                    help="units per partition, the unit of resumption and parallelism (default 100)")
-    g.add_argument("--overwrite", action="store_true", help="replace an existing shard set / unfinished build in --out")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace a shard set / unfinished build of this builder in --out (other files are never "
+                        "deleted; a directory holding them is refused)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -154,13 +162,18 @@ def _split_index(args: argparse.Namespace, source: Any) -> SplitIndex:
     for spec in args.split_file or source.default_split_files():
         try:
             index.add(spec)
+        except InputError as e:
+            raise BuildError(str(e)) from None
         except (OSError, ValueError) as e:
             raise BuildError(f"--split-file {spec}: {e}") from e
     return index
 
 
 def make_plan(args: argparse.Namespace, parts: Path, log: Callable[[str], None]) -> dict[str, Any]:
-    """Run the source's planner, check splits, write partitions; returns plan.json's content."""
+    """Run the source's planner, check splits, write partitions into ``parts``; returns plan.json's content.
+
+    Everything goes into ``parts`` (the overlaps too, as ``parts/overlaps.jsonl``), except on a leak refusal, which
+    leaves the overlaps in ``OUT/overlaps.jsonl`` (OUT = ``parts.parent``) for the user to read."""
     cls = get_source(args.source)
     t0 = time.perf_counter()
     try:
@@ -175,9 +188,7 @@ def make_plan(args: argparse.Namespace, parts: Path, log: Callable[[str], None])
     if parts.exists():
         shutil.rmtree(parts)
     parts.mkdir(parents=True)
-    out = parts.parent
-    overlaps_path = out / "overlaps.jsonl"
-    overlaps_path.unlink(missing_ok=True)
+    overlaps_path = parts / "overlaps.jsonl"
 
     partitions: list[dict[str, Any]] = []
     skip_counts: Counter[str] = Counter()
@@ -231,10 +242,13 @@ def make_plan(args: argparse.Namespace, parts: Path, log: Callable[[str], None])
                     flush()
                 if args.limit and n_units >= args.limit:
                     break
+        except InputError as e:  # names its file and line
+            raise BuildError(str(e)) from None
         except (OSError, ValueError, KeyError) as e:
             raise BuildError(f"{args.source}: {e}") from e
         flush()
     if n_overlap and args.on_overlap == "error":
+        overlaps_path = Path(shutil.move(overlaps_path, parts.parent / "overlaps.jsonl"))
         examples = [json.loads(line) for line in overlaps_path.read_text().splitlines()[:5]]
         shown = "\n".join(f"  {e['uid']} ({e['where']}): " + ", ".join(
             f"{i['kind']} {i['id']} is in the official {i['official_split']} split" for i in e["ids"])
@@ -431,6 +445,8 @@ def finalize(args: argparse.Namespace, out: Path, parts: Path, plan: dict[str, A
             seconds += done["seconds"]
             skipped_log.write((d / "skips.jsonl").read_text(encoding="utf-8"))
     os.replace(out / "skipped.jsonl.tmp", out / "skipped.jsonl")
+    if (parts / "overlaps.jsonl").exists():  # --on-overlap drop: what was dropped
+        os.replace(parts / "overlaps.jsonl", out / "overlaps.jsonl")
     names = list(sizes)
     cls = get_source(args.source)
     manifest = {
@@ -494,47 +510,139 @@ def format_summary(manifest: dict[str, Any], out: Path) -> str:
 # ----------------------------------------------------------------------------------------------------------------------
 
 _OUTPUTS = ("sizes.json", "manifest.json", "skipped.jsonl", "overlaps.jsonl")
+#: Where a plan is written before it replaces ``.parts`` (so a failed plan leaves OUT as it was).
+_STAGING = ".parts.new"
+
+
+def _shard_name(prefix: str) -> re.Pattern[str]:
+    return re.compile(rf"^{re.escape(prefix)}-\d{{6,}}\.tar(\.tmp)?$")
+
+
+def _is_our_name(name: str, prefix: str) -> bool:
+    """A name the builder writes into OUT (shards, the json outputs, their temporaries, the state directories)."""
+    return (name in (".parts", _STAGING) or name.removesuffix(".tmp") in _OUTPUTS
+            or bool(_shard_name(prefix).match(name)))
+
+
+def _our_manifest(out: Path) -> dict[str, Any] | None:
+    """OUT/manifest.json when webdata.build wrote it, else None."""
+    try:
+        manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("builder") == "webdata.build" else None
+
+
+def check_out(out: Path, prefix: str) -> None:
+    """Refuse an ``--out`` the builder must not write into, before anything is created: a file (or a path below
+    one), or a non-empty directory the builder did not make. A directory is the builder's when it holds a
+    manifest.json written by webdata.build, an unfinished build (``.parts/plan.json``), or nothing but names the
+    builder writes (e.g. ``overlaps.jsonl`` left by a refused build). Other files could be anyone's, and
+    ``--overwrite`` must never delete them."""
+    if out.exists() and not out.is_dir():
+        raise BuildError(f"--out {out} is a file, not a directory; choose a new or empty directory")
+    if not out.exists():
+        above = next((p for p in out.absolute().parents if p.exists()), None)
+        if above is not None and not above.is_dir():
+            raise BuildError(f"--out {out}: {above} is a file, not a directory")
+        return
+    try:
+        names = sorted(os.listdir(out))
+    except OSError as e:
+        raise BuildError(f"--out {out}: cannot list the directory ({e.strerror})") from None
+    if not names or _our_manifest(out) is not None or (out / ".parts" / "plan.json").is_file():
+        return
+    if (out / "manifest.json").exists():
+        raise BuildError(f"--out {out} holds a manifest.json not written by webdata.build (another shard set?); "
+                         "choose a new or empty directory")
+    foreign = [n for n in names if not _is_our_name(n, prefix)]
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise BuildError(f"--out {out} is not empty and was not made by webdata.build (it holds {shown}); choose a "
+                         "new or empty directory (--overwrite only replaces a shard set this builder wrote)")
 
 
 def _clear_outputs(out: Path, prefix: str) -> None:
-    for p in list(out.glob(f"{prefix}-*.tar")) + [out / n for n in _OUTPUTS]:
-        p.unlink(missing_ok=True)
+    """Remove what an earlier build wrote to OUT, and only that: its shards (the manifest's list and
+    ``PREFIX-NNNNNN.tar``), sizes/manifest/skipped/overlaps and ``.parts``; other files stay."""
+    manifest = _our_manifest(out) or {}
+    listed = {n for n in manifest.get("shards", []) if isinstance(n, str) and n == Path(n).name and n.endswith(".tar")}
+    for p in out.iterdir():
+        if p.is_file() and (p.name in listed or _is_our_name(p.name, prefix)):
+            p.unlink()
     shutil.rmtree(out / ".parts", ignore_errors=True)
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost directory that creating ``path`` would create (None when it exists): what to remove again."""
+    missing = None
+    for p in [path.absolute(), *path.absolute().parents]:
+        if p.exists():
+            return missing
+        missing = p
+    return missing
+
+
+def _plan_into(args: argparse.Namespace, out: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    """Plan into OUT/.parts.new and only then replace ``.parts`` (and, with --overwrite, the earlier shard set).
+
+    A plan that fails (an unreadable input file, a leak, Ctrl-C) leaves OUT as it found it — a directory this run
+    created is removed again — except for ``overlaps.jsonl`` after a leak refusal, which is the report."""
+    created = _first_missing(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BuildError(f"--out {out}: cannot create the directory ({e.strerror})") from None
+    staging = out / _STAGING
+    try:
+        plan = make_plan(args, staging, log)
+    except BaseException as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created is not None and not (isinstance(e, BuildError) and e.code == EXIT_LEAK):
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+    if args.overwrite:
+        _clear_outputs(out, args.prefix)
+    else:  # only an incomplete plan or a refused build's report can be here (anything else was refused)
+        shutil.rmtree(out / ".parts", ignore_errors=True)
+        (out / "overlaps.jsonl").unlink(missing_ok=True)
+    os.replace(staging, out / ".parts")
+    return plan
 
 
 def build(args: argparse.Namespace, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)
           ) -> dict[str, Any]:
-    """Run (or resume) a build; returns the manifest."""
+    """Run (or resume) a build; returns the manifest. Nothing is written to OUT until the plan has succeeded."""
     out = Path(args.out)
     parts = out / ".parts"
     fp = fingerprint(args)
-    out.mkdir(parents=True, exist_ok=True)
-    if args.overwrite:
-        _clear_outputs(out, args.prefix)
-    manifest_path = out / "manifest.json"
-    if manifest_path.exists():
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("fingerprint") == fp:
-            shutil.rmtree(parts, ignore_errors=True)
-            log(f"{out}: already built with these arguments ({manifest.get('total')} samples); nothing to do")
-            return manifest
-        raise BuildError(f"{out} holds a finished shard set built with other arguments "
-                         f"(builder {manifest.get('builder')}, source {manifest.get('source')}); "
-                         "pass --overwrite to replace it, or choose another --out")
-    stray = sorted(out.glob(f"{args.prefix}-*.tar"))
-    if stray:
-        raise BuildError(f"{out} already holds {stray[0].name} ... without a manifest.json; pass --overwrite")
+    check_out(out, args.prefix)
     plan = None
-    plan_path = parts / "plan.json"
-    if plan_path.exists():
-        plan = json.loads(plan_path.read_text())
-        if plan.get("fingerprint") != fp:
-            raise BuildError(f"{out} holds an unfinished build with other arguments; rerun with the same arguments to "
-                             "resume it, or pass --overwrite to start over")
-        log(f"resuming the build in {out}")
+    if not args.overwrite:
+        manifest_path = out / "manifest.json"
+        if manifest_path.exists():
+            manifest = json.loads(manifest_path.read_text())
+            if manifest.get("fingerprint") == fp:
+                shutil.rmtree(parts, ignore_errors=True)
+                log(f"{out}: already built with these arguments ({manifest.get('total')} samples); nothing to do")
+                return manifest
+            raise BuildError(f"{out} holds a finished shard set built with other arguments "
+                             f"(builder {manifest.get('builder')}, source {manifest.get('source')}); "
+                             "pass --overwrite to replace it, or choose another --out")
+        stray = sorted(p for p in out.glob(f"{args.prefix}-*.tar") if _shard_name(args.prefix).match(p.name)) \
+            if out.is_dir() else []
+        if stray:
+            raise BuildError(f"{out} already holds {stray[0].name} ... without a manifest.json; pass --overwrite")
+        plan_path = parts / "plan.json"
+        if plan_path.exists():
+            plan = json.loads(plan_path.read_text())
+            if plan.get("fingerprint") != fp:
+                raise BuildError(f"{out} holds an unfinished build with other arguments; rerun with the same "
+                                 "arguments to resume it, or pass --overwrite to start over")
+            log(f"resuming the build in {out}")
     if plan is None:
         log(f"planning: reading the {args.source} annotations (no images yet) ...")
-        plan = make_plan(args, parts, log)
+        plan = _plan_into(args, out, log)
         log(f"planned {plan['units']} units in {len(plan['partitions'])} partition(s) in {plan['plan_seconds']:.1f} s"
             + (f"; {sum(plan['plan_skipped'].values())} record(s) skipped while planning" if plan["plan_skipped"]
                else ""))

@@ -52,7 +52,7 @@ def study_ids(value: Any) -> dict[str, list[str]]:
 class CheXinstructSource(Source):
     name = "chexinstruct"
     dataset = "CheXinstruct"
-    version = "1"
+    version = "2"
     description = "CheXinstruct JSON(L) records (task_name, image_path, qa_pair)"
 
     @classmethod

@@ -86,7 +86,7 @@ def image_paths(record: dict[str, Any], key: str, where: str) -> list[str]:
 class CheXOneJSONSource(Source):
     name = "chexone"
     dataset = "CheXOne"
-    version = "1"
+    version = "2"
     description = "CheXOne/ms-swift JSON(L) release (messages/images/solution/task_name)"
 
     @classmethod

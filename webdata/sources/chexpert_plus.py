@@ -31,7 +31,6 @@ from webdata.sources.common import (
     merge_ids,
     normalise_split,
     read_csv,
-    require_columns,
 )
 from webdata.sources.mimic_cxr import PRIOR_QUESTIONS, QUESTIONS, SECTION_OF, pick_views
 
@@ -77,9 +76,7 @@ class CheXpertPlusSource(Source):
     def plan(self, split: str | None, index: SplitIndex) -> Iterator[Unit | Skip]:
         studies: dict[str, dict[str, Any]] = {}
         for path in self.args.input:
-            for line, row in read_csv(path):
-                if line == 2:
-                    require_columns(path, row, COLUMNS)
+            for line, row in read_csv(path, require=COLUMNS):
                 image = row["path_to_image"].strip()
                 study = os.path.dirname(image)
                 st = studies.setdefault(study, {"where": f"{path}:{line}", "images": [], "sections": {},

@@ -14,12 +14,13 @@ A converter (``webdata.sources.<name>``) does two things:
 from __future__ import annotations
 
 import argparse
+import codecs
 import csv
 import gzip
-import io
 import json
 import os
 import re
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -269,7 +270,8 @@ def reletter_text(text: str, choices: Choices) -> str:
 
 def grid_box(box: Iterable[float], width: float, height: float) -> list[int]:
     """A pixel box [x1, y1, x2, y2] on an image of ``width`` x ``height`` -> integer percent of width/height on the
-    0-99 grid (rounded, clamped, corners ordered)."""
+    0-99 grid (rounded, clamped, corners ordered). The builders first skip boxes that :func:`box_outside_image`
+    rejects, so clamping only folds the right/bottom edge (100) onto 99."""
     if width <= 0 or height <= 0:
         raise RecordError(f"image size {width}x{height} is not positive", "bad_box")
     x1, y1, x2, y2 = (float(v) for v in box)
@@ -285,14 +287,47 @@ def grid_boxes(boxes: Iterable[Iterable[float]], width: float, height: float) ->
     return [list(b) for b in sorted({tuple(grid_box(b, width, height)) for b in boxes})]
 
 
+def box_outside_image(box: Iterable[float], width: float, height: float) -> str:
+    """Why a pixel box [x1, y1, x2, y2] is not inside a ``width`` x ``height`` image, or '' when it is.
+
+    Such a box was drawn on another image size or is corrupt: clamping it onto the grid would silently move it, so
+    the builders skip the sample it belongs to (reason :data:`BOX_OUTSIDE_IMAGE`) instead.
+    """
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height:
+        return ""
+    return f"box ({x1:g},{y1:g})-({x2:g},{y2:g}) is outside the {width:g}x{height:g} image"
+
+
+#: Skip reason of a sample with a box outside its image.
+BOX_OUTSIDE_IMAGE = "box_outside_image"
+
+
+def skip_box_outside(rows: Iterable[tuple[str, Iterable[float]]], width: float, height: float,
+                     what: str) -> Skip | None:
+    """A Skip for the first of ``rows`` ((where, pixel box) of one sample's boxes) that is outside the image, or
+    None when all are inside. The whole sample is skipped: dropping one box would leave an incomplete answer."""
+    for where, box in rows:
+        why = box_outside_image(box, width, height)
+        if why:
+            return Skip(where, BOX_OUTSIDE_IMAGE, f"{what}: {why}")
+    return None
+
+
 def normalise_box_answer(answer: str, where: str = "?") -> tuple[str, list[list[int]], str]:
     """Re-format a CheXagent box answer: boxes clamped to 0-99 and sorted; returns (answer, boxes, ref name).
 
     A negative answer ("No X detected.") is kept (boxes = []). Coordinates of 100 (CheXinstruct rounds 99.5 up) are
-    clamped to 99. Raises RecordError when the answer is neither.
+    clamped to 99; a negative coordinate or one above 100 is off the grid, i.e. outside the image (RecordError
+    ``box_outside_image``). Raises RecordError (``bad_box``) when the answer is neither boxes nor a negative.
     """
     text = answer.strip()
     boxes = parse_boxes(text, strict_range=False)
+    off = [b for b in boxes if min(b.x1, b.y1) < 0 or max(b.x2, b.y2) > 100]
+    if off:
+        b = off[0]
+        raise RecordError(f"{where}: box ({b.x1},{b.y1}),({b.x2},{b.y2}) of {b.name!r} is outside the image (grid "
+                          "coordinates are 0-99)", BOX_OUTSIDE_IMAGE)
     if boxes:
         # every box clamped to the grid (corners were ordered by parse_boxes); exact duplicates removed
         named = sorted({(clamp_grid(b.x1), clamp_grid(b.y1), clamp_grid(b.x2), clamp_grid(b.y2), b.name)
@@ -415,10 +450,9 @@ class SplitIndex:
 
     def _add_list(self, path: str, split: str) -> None:
         if re.search(r"\.txt(\.gz)?$", path):
-            with open_text(path) as f:
-                for line in f:
-                    if line.strip():
-                        self._put("image", line.strip(), split)
+            for line in text_lines(path):
+                if line.strip():
+                    self._put("image", line.strip(), split)
             return
         columns = None
         for _, row in read_csv(path):
@@ -482,53 +516,125 @@ def _id_columns(columns: Iterable[str]) -> list[tuple[str, str]]:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def open_text(path: str | os.PathLike) -> io.TextIOBase:
-    """Open a text file, transparently gunzipping ``.gz``; UTF-8 with a BOM tolerated."""
+class InputError(ValueError):
+    """An input file that cannot be read as a whole (bad CSV quoting, a row with the wrong number of fields, bytes
+    that are not UTF-8, a truncated ``.gz``). Unlike a broken record it stops the build: rows after a broken quote
+    or a shifted column cannot be trusted, and skipping them would hide that. The message names file and line."""
+
+
+def text_lines(path: str | os.PathLike) -> Iterator[str]:
+    """The lines of a UTF-8 text file (``.gz`` gunzipped; a BOM dropped), line endings kept.
+
+    Decoded line by line so that bytes that are not UTF-8, or a truncated/corrupt ``.gz``, raise an
+    :class:`InputError` naming the line (a decoding error of a whole buffered file would name no line).
+    """
     path = str(path)
-    if path.endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
-    return open(path, encoding="utf-8-sig", newline="")
+    opener = gzip.open if path.endswith(".gz") else open
+    n = 0
+    with opener(path, "rb") as f:
+        while True:
+            try:
+                raw = f.readline()
+            except (OSError, EOFError, zlib.error) as e:  # BadGzipFile, "Compressed file ended ...", bad CRC
+                what = "the compressed file is corrupt or truncated" if path.endswith(".gz") else "unreadable"
+                raise InputError(f"{path} line {n + 1}: {what} ({e})") from None
+            if not raw:
+                return
+            n += 1
+            if n == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"{path} line {n}: not UTF-8 text (byte 0x{raw[e.start]:02x} at byte "
+                                 f"{e.start + 1} of the line); convert the file to UTF-8") from None
 
 
-def read_csv(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, str]]]:
-    """Rows of a CSV (``.csv`` or ``.csv.gz``) as (line number, {column: value}); the header is line 1."""
+def _csv_problem(err: csv.Error, end: int) -> str:
+    """What a csv.Error means, in words (the csv module's own message follows in parentheses)."""
+    text = str(err)
+    if "unexpected end of data" in text:
+        what = (f"unterminated quoted field: a quote opened in this row is never closed (the field runs to the end "
+                f"of the file, line {end})")
+    elif "field larger than field limit" in text:
+        what = (f"a field longer than {csv.field_size_limit()} characters (read to line {end}): most likely a quote "
+                "opened in this row is never closed")
+    elif "expected after" in text:
+        what = 'text after the closing quote of a quoted field (a quote inside a field is written "")'
+    elif "new-line character seen in unquoted field" in text:
+        what = "a carriage return inside an unquoted field"
+    elif "NUL" in text:
+        what = "a NUL byte (is this a binary file?)"
+    else:
+        what = "malformed CSV"
+    return f"{what} (csv: {text})"
+
+
+def csv_records(path: str | os.PathLike) -> Iterator[tuple[int, list[str]]]:
+    """(line number where the record starts, fields) of every non-blank record of a CSV (``.csv``/``.csv.gz``),
+    header included, parsed strictly: bad quoting, bytes that are not UTF-8 or a corrupt ``.gz`` raise
+    :class:`InputError` naming the line. (Python's lenient mode reads an unterminated quote as one field holding
+    the rest of the file, which would silently turn into garbage rows or a wrong row count.)"""
+    reader = csv.reader(text_lines(path), strict=True)
+    while True:
+        start = reader.line_num + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise InputError(f"{path} line {start}: {_csv_problem(e, reader.line_num)}") from None
+        if fields:
+            yield start, fields
+
+
+def read_csv(path: str | os.PathLike, require: Iterable[str] = ()) -> Iterator[tuple[int, dict[str, str]]]:
+    """Rows of a CSV (``.csv`` or ``.csv.gz``) as (line number, {column: value}); the header is line 1.
+
+    ``require``: columns the header must have. Read by :func:`csv_records`; a row whose field count differs from
+    the header's is an :class:`InputError` (a value holding an unquoted comma shifts every later column), except a
+    row that only lacks the header's unnamed trailing columns (a header ending in a comma).
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: file not found")
-    with open_text(path) as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None:
-            raise ValueError(f"{path}: empty CSV (no header)")
-        for row in reader:
-            yield reader.line_num, row
-
-
-def require_columns(path: str | os.PathLike, row: dict[str, Any], columns: Iterable[str]) -> None:
-    missing = [c for c in columns if c not in row]
+    records = csv_records(path)
+    first = next(records, None)
+    if first is None:
+        raise InputError(f"{path}: empty CSV (no header)")
+    header_line, header = first
+    missing = [c for c in require if c not in header]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; columns are {list(row)}")
+        raise InputError(f"{path} line {header_line}: missing column(s) {missing}; the header has {header}")
+    width = len(header)
+    for line, values in records:
+        if len(values) < width and not any(header[len(values):]):
+            values = values + [""] * (width - len(values))
+        if len(values) != width:
+            raise InputError(f"{path} line {line}: {len(values)} fields, but the header (line {header_line}) has "
+                             f"{width}; a value holding a comma must be quoted")
+        yield line, dict(zip(header, values))
 
 
 def read_json_records(path: str | os.PathLike) -> Iterator[tuple[str, Any]]:
     """Records of a ``.json`` (a list, or an object holding one list) or ``.jsonl`` file as (where, record).
 
-    A JSONL line that is not valid JSON is yielded as (where, JSONDecodeError) so the caller reports and skips it.
+    A JSONL line that is not valid JSON is yielded as (where, JSONDecodeError) so the caller reports and skips it;
+    bytes that are not UTF-8 are an :class:`InputError` (the file is not the text it claims to be).
     """
     path = str(path)
     if re.search(r"\.jsonl(\.gz)?$", path):
-        with open_text(path) as f:
-            for i, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield f"{path}:{i}", json.loads(line)
-                except json.JSONDecodeError as e:
-                    yield f"{path}:{i}", e
+        for i, line in enumerate(text_lines(path), 1):
+            if not line.strip():
+                continue
+            try:
+                yield f"{path}:{i}", json.loads(line)
+            except json.JSONDecodeError as e:
+                yield f"{path}:{i}", e
         return
-    with open_text(path) as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON: {e}") from e
+    try:
+        data = json.loads("".join(text_lines(path)))
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path} line {e.lineno}: not valid JSON: {e.msg} (column {e.colno})") from None
     if isinstance(data, dict):
         lists = [v for v in data.values() if isinstance(v, list)]
         if len(lists) != 1:

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from chexone.data.sample import Sample
-from webdata.sources.common import RecordError, Skip, Source, SplitIndex, Unit, clean_text, read_csv, require_columns
+from webdata.sources.common import RecordError, Skip, Source, SplitIndex, Unit, clean_text, read_csv
 
 #: Image ranking within a study (CheXinstruct's order): frontal views first, PA before AP.
 VIEW_RANK = ["PA", "AP", "LATERAL", "LL", "AP AXIAL", "AP LLD", "AP RLD", "PA RLD", "PA LLD", "LAO", "RAO", "LPO",
@@ -158,9 +158,7 @@ class MIMICCXRSource(Source):
             raise ValueError(f"--split {split} needs the official split file: pass --split-file "
                              "mimic-cxr-2.0.0-split.csv.gz (or put it in --input)")
         studies: dict[str, dict[str, Any]] = {}
-        for line, row in read_csv(meta_path):
-            if line == 2:
-                require_columns(meta_path, row, ["dicom_id", "subject_id", "study_id", "ViewPosition"])
+        for line, row in read_csv(meta_path, require=["dicom_id", "subject_id", "study_id", "ViewPosition"]):
             sid, subj = row["study_id"].strip(), row["subject_id"].strip()
             if not sid.isdigit() or not subj.isdigit():
                 yield Skip(f"{meta_path}:{line}", "bad_record", f"study_id {sid!r} / subject_id {subj!r} not numeric")

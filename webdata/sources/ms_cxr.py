@@ -4,7 +4,9 @@ Input: ``MS_CXR_Local_Alignment_v1.x.csv`` (PhysioNet) with columns dicom_id, ca
 w, h, image_width, image_height (and, in later versions, split). ``path`` is the MIMIC-CXR image path
 (``files/p15/p15xxxxxx/s5xxxxxxx/<dicom_id>.dcm``) below ``--images`` (MIMIC-CXR or MIMIC-CXR-JPG root;
 ``--image-ext auto`` tries the path as given, then .jpg, .dcm, .png). Boxes (x, y, w, h) are pixels of an
-``image_width`` x ``image_height`` image, so they are normalised with those columns, not the loaded file.
+``image_width`` x ``image_height`` image, so they are normalised with those columns, not the loaded file. A phrase
+one of whose boxes does not fit inside that size is skipped (``box_outside_image``, with the CSV row of the box);
+an empty box or size is ``bad_box``.
 
 Rows with the same (dicom_id, label_text) are one phrase with one or more boxes; all phrases of one image form one
 unit (the image is stored once). Each phrase gives a ``phrase_grounding`` sample: "Locate the following phrase in
@@ -32,7 +34,7 @@ from webdata.sources.common import (
     merge_ids,
     normalise_split,
     read_csv,
-    require_columns,
+    skip_box_outside,
 )
 
 QUESTION = "Locate the following phrase in the given image: {phrase}"
@@ -42,7 +44,7 @@ COLUMNS = ["dicom_id", "category_name", "label_text", "path", "x", "y", "w", "h"
 class MSCXRSource(Source):
     name = "ms-cxr"
     dataset = "MS-CXR"
-    version = "1"
+    version = "2"
     description = "MS-CXR local alignment CSV -> phrase grounding on MIMIC-CXR images"
     selects_split = True
 
@@ -54,10 +56,9 @@ class MSCXRSource(Source):
 
     def plan(self, split: str | None, index: SplitIndex) -> Iterator[Unit | Skip]:
         units: dict[str, dict[str, Any]] = {}
+        rows: dict[tuple[str, str], list[list[Any]]] = {}  # (dicom, phrase) -> [[where, box]], for the bounds check
         for path in self.args.input:
-            for line, row in read_csv(path):
-                if line == 2:
-                    require_columns(path, row, COLUMNS)
+            for line, row in read_csv(path, require=COLUMNS):
                 where = f"{path}:{line}"
                 try:
                     x, y, w, h, width, height = (float(row[c]) for c in ("x", "y", "w", "h", "image_width",
@@ -78,6 +79,7 @@ class MSCXRSource(Source):
                 phrase = clean_text(row["label_text"])
                 entry = unit["phrases"].setdefault(phrase, {"category": row["category_name"].strip(), "boxes": []})
                 entry["boxes"].append([x, y, x + w, y + h])
+                rows.setdefault((dicom, phrase), []).append([where, [x, y, x + w, y + h]])
         for dicom, u in units.items():
             ids = merge_ids({"image": [dicom]}, ids_from_path(u["path"]))
             if split is not None:
@@ -87,6 +89,14 @@ class MSCXRSource(Source):
                     continue
                 if own != split:
                     continue
+            width, height = u["size"]
+            for phrase in list(u["phrases"]):
+                outside = skip_box_outside(rows[dicom, phrase], width, height, f"{dicom} {phrase!r}")
+                if outside:
+                    yield outside
+                    del u["phrases"][phrase]
+            if not u["phrases"]:
+                continue
             yield Unit(f"ms-cxr_{dicom}", u["where"], {"dicom_id": dicom, "path": u["path"], "size": u["size"],
                                                         "phrases": u["phrases"]}, ids)
 

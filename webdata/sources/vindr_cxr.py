@@ -4,7 +4,9 @@ Input: ``annotations_train.csv`` / ``annotations_test.csv`` of VinDr-CXR 1.0.0 (
 class_name, x_min, y_min, x_max, y_max) or the VinBigData Kaggle ``train.csv`` (same plus class_id) — coordinates are
 pixels of the original DICOM. Images: ``--images DIR`` holding ``<image_id>.dicom`` (PhysioNet), ``.dcm``, ``.png``
 or ``.jpg`` (also in ``train/``/``test/`` below it). Box coordinates are divided by the size of the image file as
-loaded (before resizing); a PNG export must therefore keep the original resolution.
+loaded (before resizing); a PNG export must therefore keep the original resolution. A finding one of whose boxes
+does not fit inside that size is skipped (``box_outside_image``, with the CSV row of the box); a box with
+x_max <= x_min or y_max <= y_min is ``bad_box``, a finding row without coordinates ``no_box``.
 
 Per image and finding class, one ``abnormality_grounding`` sample: "Detect {finding} in the given image." ->
 ``<|ref|>finding<|/ref|><|box|>(x1,y1),(x2,y2)<|/box|>...`` (finding names lower-cased). The training set has three
@@ -25,7 +27,7 @@ from typing import Any
 
 from chexone.data.sample import Sample
 from chexone.tasks.answers import box_iou, format_boxes
-from webdata.sources.common import Skip, Source, SplitIndex, Unit, grid_boxes, read_csv, require_columns
+from webdata.sources.common import Skip, Source, SplitIndex, Unit, grid_boxes, read_csv, skip_box_outside
 
 NO_FINDING = "no finding"
 QUESTION = "Detect {name} in the given image."
@@ -72,7 +74,7 @@ def find_image(directory: str, stem: str) -> str:
 class VinDrCXRSource(Source):
     name = "vindr-cxr"
     dataset = "VinDr-CXR"
-    version = "1"
+    version = "2"
     description = "VinDr-CXR / VinBigData box CSV -> abnormality grounding"
 
     @classmethod
@@ -90,13 +92,11 @@ class VinDrCXRSource(Source):
         images: dict[str, dict[str, Any]] = {}
         classes: set[str] = set()
         for path in self.args.input:
-            for line, row in read_csv(path):
-                if line == 2:
-                    require_columns(path, row, ["image_id", "class_name", "x_min", "y_min", "x_max", "y_max"])
+            for line, row in read_csv(path, require=["image_id", "class_name", "x_min", "y_min", "x_max", "y_max"]):
                 where = f"{path}:{line}"
                 image_id = row["image_id"].strip()
                 name = " ".join(row["class_name"].split()).lower()
-                entry = images.setdefault(image_id, {"where": where, "boxes": {}, "present": set()})
+                entry = images.setdefault(image_id, {"where": where, "boxes": {}, "rows": {}, "present": set()})
                 if name == NO_FINDING:
                     continue
                 entry["present"].add(name)  # never a negative for this image, even when its box is unusable
@@ -109,6 +109,7 @@ class VinDrCXRSource(Source):
                     yield Skip(where, "bad_box", f"empty box {box}")
                     continue
                 entry["boxes"].setdefault(name, []).append(box)
+                entry["rows"].setdefault(name, []).append([where, box])
                 classes.add(name)
         vocabulary = sorted(classes)  # classes with at least one box: the ones a negative can ask about
         for image_id, entry in images.items():
@@ -117,13 +118,19 @@ class VinDrCXRSource(Source):
             absent = [c for c in vocabulary if c not in entry["present"]]
             negatives = pick_negatives(image_id, absent, self.args.negatives)
             yield Unit(f"vindr-cxr_{image_id}", entry["where"],
-                       {"image_id": image_id, "findings": findings, "negatives": negatives}, {"image": [image_id]})
+                       {"image_id": image_id, "findings": findings, "rows": entry["rows"], "negatives": negatives},
+                       {"image": [image_id]})
 
     def convert(self, unit: Unit, load: Any) -> Iterator[Sample | Skip]:
         d = unit.data
         loaded = load(find_image(self.args.images, d["image_id"]))
         w, h = loaded.original_size
         for name, boxes in d["findings"].items():
+            # checked on the radiologists' own boxes: a merged (mean) box may fall inside when one of them does not
+            outside = skip_box_outside(d["rows"][name], w, h, f"{d['image_id']} {name}")
+            if outside:
+                yield outside
+                continue
             grid = grid_boxes(boxes, w, h)
             if self.args.max_boxes and len(grid) > self.args.max_boxes:
                 yield Skip(unit.where, "too_many_boxes", f"{d['image_id']} {name}: {len(grid)} boxes")
