@@ -371,10 +371,10 @@ def _run_partitions(args: argparse.Namespace, parts: Path, todo: list[dict[str, 
                     done_units: int) -> None:
     bar = None
     if not args.no_progress:
-        from tqdm import tqdm
+        from chexone.progress import progress
 
-        bar = tqdm(total=total_units, initial=done_units, unit="unit", desc=f"{args.source} -> {args.prefix}",
-                   file=sys.stderr, dynamic_ncols=True)
+        bar = progress(total=total_units, initial=done_units, unit="units", desc=f"{args.source} -> {args.prefix}",
+                       file=sys.stderr)
     update = (lambda n: bar.update(n)) if bar is not None else (lambda n: None)
     try:
         if args.workers == 1 or len(todo) == 1:

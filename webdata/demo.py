@@ -46,10 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     sizes = {split: getattr(args, split) for split in DEFAULT_SIZES}
     progress = None
     if not args.no_progress:
-        from tqdm import tqdm
+        from chexone.progress import progress as bar
 
         def progress(split: str, n: int):
-            return tqdm(total=n, desc=split, unit="sample", file=sys.stderr)
+            return bar(total=n, desc=split, unit="samples", file=sys.stderr)
     t0 = time.perf_counter()
     try:
         manifest = write_demo_splits(args.out, sizes=sizes, seed=args.seed, image_size=args.image_size,

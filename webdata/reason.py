@@ -439,9 +439,9 @@ def run(args: argparse.Namespace, log=lambda m: print(m, file=sys.stderr)) -> di
     eligible_total = 0
     bar = None
     if not args.no_progress:
-        from tqdm import tqdm
+        from chexone.progress import progress
 
-        bar = tqdm(desc="reasoning", unit="sample", file=sys.stderr, dynamic_ncols=True)
+        bar = progress(desc="reasoning", unit="samples", file=sys.stderr)
     t0 = time.perf_counter()
     for p in list(out.glob(f"{prefix}-*.tar")):
         p.unlink()

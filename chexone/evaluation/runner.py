@@ -17,13 +17,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
 
 from chexone.data.sample import Sample
 from chexone.evaluation.benchmarks import Benchmark, BenchmarkError, benchmarks_from_config, iter_samples
 from chexone.evaluation.predict import Prediction, Predictor
 from chexone.evaluation.report import benchmark_markdown, results_json, summary_markdown
 from chexone.evaluation.scoring import score_predictions
+from chexone.progress import progress
 from chexone.training.generation import GenerationSettings
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ class BenchmarkRun:
         pending: list[Sample] = []
         seen: dict[str, int] = {}
         n_overlay = self.cfg.eval.overlay_images if self.cfg.eval.plots else 0
-        bar = tqdm(desc=f"evaluate[{self.bench.name}]", unit=" samples", dynamic_ncols=True)
+        bar = progress(desc=f"evaluate[{self.bench.name}]", unit="samples")
         with (self.dir / SAMPLES_FILE).open("a", encoding="utf-8") as f:
 
             def flush() -> None:

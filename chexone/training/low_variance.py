@@ -17,13 +17,13 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from chexone.data.collate import PromptCollator
 from chexone.data.sample import Sample
 from chexone.model.processor import PromptEncoder
-from chexone.training.reward_set import RewardSet
+from chexone.progress import progress
 from chexone.training.grpo_loss import combine_rewards
+from chexone.training.reward_set import RewardSet
 from chexone.training.rollout import SamplingSettings, make_engine
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ def score_shards(shards: list[str], scorer: Any, out: Path, *, task_filter: list
     todo = [s for s in shards if not _scores_path(out, s).exists()]
     if len(todo) < len(shards):
         print(f"filter: resuming, {len(shards) - len(todo)} of {len(shards)} shards already scored", flush=True)
-    for shard in tqdm(todo, desc="filter: scoring shards", unit="shard"):
+    for shard in progress(todo, desc="filter: scoring shards", unit="shards"):
         samples = list(build_eval_dataset(shard, task_filter=task_filter, known_tasks=TASKS.names()))
         scored = scorer.score(samples, shard)
         path = _scores_path(out, shard)
