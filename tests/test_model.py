@@ -88,7 +88,7 @@ def test_hf_export_reloads_with_same_logits(cache_dir, tmp_path):
     with torch.no_grad():  # move the weights away from the cached initial ones
         for p in loaded.model.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    cfg = OmegaConf.create({"optim": {}, "trainer": {}})
+    cfg = OmegaConf.create({"optim": {}, "trainer": {"max_consecutive_skipped_steps": 10}})
     module = ChexoneModule(cfg, loaded)
     out = module.export_hf(tmp_path / "hf")
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
