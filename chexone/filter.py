@@ -27,9 +27,11 @@ def run_filter(cfg: Any) -> dict[str, Any]:
     )
     from chexone.training.run import device_type_for, resolve_data
 
+    from chexone.runtime import configure_threads
     from chexone.training.preflight import preflight
 
     preflight(cfg, "filter")  # task and reward names, shard patterns: checked before the model loads
+    configure_threads()
     f = cfg.filter
     out = Path(f.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -148,4 +148,23 @@ def progress(iterable: Iterable[Any] | None = None, *, total: float | None = Non
                         enabled=mode == "lines")
 
 
-__all__ = ["LineProgress", "describe", "format_duration", "progress", "progress_mode"]
+def quiet_library_bars() -> None:
+    """Off a terminal, switch off the progress bars transformers and huggingface_hub draw while saving and loading
+    weights (each a carriage-return line of redraws in a log); on a terminal they stay."""
+    if progress_mode() == "bar":
+        return
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+__all__ = ["LineProgress", "describe", "format_duration", "progress", "progress_mode", "quiet_library_bars"]

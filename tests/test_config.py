@@ -129,7 +129,7 @@ def test_demo_run_needs_no_other_argument():
     assert cfg.model.gradient_checkpointing is False
     assert (cfg.model.min_pixels, cfg.model.max_pixels) == (3136, 112 * 112)
     assert cfg.data.name == "demo" and list(cfg.data.train) == []
-    assert (cfg.data.micro_batch_size, cfg.data.num_workers, cfg.data.max_length) == (8, 2, 512)
+    assert (cfg.data.micro_batch_size, cfg.data.num_workers, cfg.data.max_length) == (8, -1, 512)  # -1: workers from the CPU cores
     # the demo-scale values come from the groups' _global_ blocks, not from the stage-1 recipe body
     demo, tiny = _group_globals("data/demo.yaml"), _group_globals("model/tiny.yaml")
     assert cfg.trainer.max_steps == demo["trainer"]["max_steps"] < 55000

@@ -95,3 +95,23 @@ def test_logger_choices(tmp_path, monkeypatch):
     cfg.logger = "wandb"
     cfg.wandb.mode = "disabled"
     assert build_logger(cfg, tmp_path) is False
+
+
+def test_cli_output_for_a_newcomer(tmp_path, cache_dir, tiny_dir):
+    """Off a terminal: the demo data generation says what it does, progress is one line per update, no advertising
+    or deprecation noise, and the run ends with where everything is and the next command."""
+    out = tmp_path / "run"
+    proc = run_cli(["recipe=stage1_sft", *tiny_demo_overrides(out, **{
+        "trainer.max_steps": 3, "trainer.progress_bar": "true", "logger": "wandb", "trainer.val_samples": 2,
+        "data.demo_dir": str(tmp_path / "demo")})],
+        env_extra={"CHEXONE_CACHE": str(cache_dir), "CHEXONE_PROGRESS_INTERVAL": "0"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    err, stdout = proc.stderr, proc.stdout
+    assert "\r" not in err and "\r" not in stdout
+    assert "data=demo: generating the demo data once" in err and "demo train: 2000/2000 samples (100%)" in err
+    assert "train: 1/3 steps (33%)" in err and "train: 3/3 steps (100%)" in err
+    assert "Tip" not in err + stdout and "anonymous" not in err + stdout
+    assert "done: sft run, 3 optimizer steps in" in stdout
+    assert f"model       {out / 'hf'}" in stdout and "(resume: trainer.ckpt_path=last)" in stdout
+    assert f"python -m chexone.evaluate recipe=eval_demo model.path={out / 'hf'} data=demo" in stdout
+    assert "python -m chexone.fit recipe=stage2_grpo model=tiny data=demo" in stdout

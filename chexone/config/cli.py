@@ -232,6 +232,9 @@ def run_command(argv: Sequence[str] | None, command: str, run: Any, *, schema: t
     if cfg is None:
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from chexone.progress import quiet_library_bars
+
+    quiet_library_bars()
     from chexone.data.shards import ShardDataError
     from chexone.model import ModelLoadError
     from chexone.training.guards import NonFiniteError
@@ -239,7 +242,8 @@ def run_command(argv: Sequence[str] | None, command: str, run: Any, *, schema: t
 
     try:
         run(cfg)
-    except (ModelLoadError, ConfigError) as err:  # ConfigError here: a name or path checked before the model loads
+    except (ModelLoadError, ConfigError) as err:  # ConfigError here: a name or path checked before the model loads,
+        # or a trainer.ckpt_path checkpoint that is missing or broken (chexone.training.checkpointing.CheckpointError)
         print(f"error: {err}", file=sys.stderr)
         return 2
     except (NonFiniteError, RewardError, ShardDataError) as err:  # the run stopped itself, for the reason given

@@ -78,7 +78,8 @@ class DataConfig:
     )
     samples_per_epoch: int = doc(0, "Samples per epoch over all ranks (0 = total from sizes.json).", ge=0)
     micro_batch_size: int = doc(4, "Samples per device per forward pass.", ge=1)
-    num_workers: int = doc(2, "DataLoader worker processes per device.", ge=0)
+    num_workers: int = doc(-1, "DataLoader worker processes per device; -1 = auto: one per core this process's share of "
+                                "the CPU leaves free, at most 8 (0 = load in the training process).", ge=-1)
     shuffle_buffer: int = doc(256, "Sample shuffle buffer size.", ge=0)
     max_length: int = doc(
         4096, "Maximum tokens per sample (prompt + image tokens + target); longer samples are skipped.", ge=1

@@ -213,9 +213,11 @@ def run_evaluation(cfg: Any) -> dict[str, Any]:
     from chexone.training.run import device_type_for
     from chexone.training.sft import prompt_style
 
+    from chexone.runtime import configure_threads
     from chexone.training.preflight import preflight
 
     preflight(cfg, "evaluate")  # task names checked before the model loads (metrics: check_metrics below)
+    configure_threads()
     benches, missing = benchmarks_from_config(cfg)
     check_metrics(benches, get_task)
     out = Path(os.path.expanduser(cfg.eval.out))

@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
+
+from chexone.training.progress_bars import make_progress_bar
 
 log = logging.getLogger("chexone")
 
@@ -100,7 +103,8 @@ def resolve_data(cfg: Any) -> None:
         return
     from chexone.data.demo import ensure_demo_shards
 
-    shards = ensure_demo_shards(os.path.expanduser(cfg.data.demo_dir))
+    verbose = int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+    shards = ensure_demo_shards(os.path.expanduser(cfg.data.demo_dir), verbose=verbose)
     OmegaConf.update(cfg, "data.train", [{"path": shards["train"], "weight": 1.0}])
     if not cfg.data.val:
         OmegaConf.update(cfg, "data.val", [{"path": shards["val"], "weight": 1.0}])
@@ -110,9 +114,10 @@ def resolve_data(cfg: Any) -> None:
 class ChexoneDataModule(L.LightningDataModule):
     """Streams shards per rank; training collates in workers, validation yields raw sample lists."""
 
-    def __init__(self, cfg: Any, train_collate, batch_size: int):
+    def __init__(self, cfg: Any, train_collate, batch_size: int, num_workers: int = 0):
         super().__init__()
         self.cfg = cfg
+        self.num_workers = num_workers  # resolved (data.num_workers=-1 means auto, see chexone.runtime)
         self.train_collate = train_collate
         self.batch_size = batch_size
         self.train_dataset = None
@@ -154,9 +159,10 @@ class ChexoneDataModule(L.LightningDataModule):
             world_size=world, shuffle_buffer=d.shuffle_buffer, max_skip_fraction=d.max_skip_fraction,
             task_filter=list(d.tasks) or None, batch_size=self.batch_size, known_tasks=_known_tasks(),
         )
+        workers = self.num_workers
         return torch.utils.data.DataLoader(
-            ds, batch_size=self.batch_size, collate_fn=self.train_collate, num_workers=d.num_workers,
-            persistent_workers=d.num_workers > 0, prefetch_factor=4 if d.num_workers > 0 else None,
+            ds, batch_size=self.batch_size, collate_fn=self.train_collate, num_workers=workers,
+            persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
         )
 
     def val_dataloader(self):
@@ -195,36 +201,27 @@ def build_logger(cfg: Any, out: Path):
     if kind == "none":
         return False
     if kind == "csv":
-        from lightning.pytorch.loggers import CSVLogger
+        from chexone.training.checkpointing import ResumableCSVLogger
 
-        return CSVLogger(save_dir=str(out), name="csv", version="")
+        # Every step flushed (a killed run keeps all it logged); a resumed run keeps the rows before its checkpoint.
+        return ResumableCSVLogger(save_dir=str(out), name="csv", version="", flush_logs_every_n_steps=1)
     if kind == "wandb":
         mode = str(cfg.wandb.mode)
         if mode == "disabled":
             return False
-        from lightning.pytorch.loggers import WandbLogger
+        from chexone.training.lightning_compat import wandb_logger
 
         offline = mode == "offline" or (mode == "auto" and not os.environ.get("WANDB_API_KEY"))
         if offline:
             os.environ.setdefault("WANDB_MODE", "offline")
-        return WandbLogger(project=cfg.wandb.project, entity=cfg.wandb.entity, save_dir=str(out), offline=offline,
-                           name=Path(out).name)
+        from chexone.training.checkpointing import wandb_run_id
+
+        # One W&B run per output dir: a resumed run (trainer.ckpt_path set) continues the stored run id.
+        rank_zero = int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+        run_id = wandb_run_id(out, resume=cfg.trainer.ckpt_path is not None, write=rank_zero)
+        return wandb_logger(project=cfg.wandb.project, entity=cfg.wandb.entity, save_dir=str(out), offline=offline,
+                            name=Path(out).name, id=run_id, resume="allow")
     raise ValueError(f"logger={kind!r}; choose wandb | csv | none")
-
-
-class StepProgressBar(TQDMProgressBar):
-    """Progress in optimizer steps out of ``trainer.max_steps`` (streaming data has no epoch length to show)."""
-
-    def on_train_epoch_start(self, trainer, *_: Any) -> None:
-        super().on_train_epoch_start(trainer)
-        self.train_progress_bar.reset(total=trainer.max_steps)
-        self.train_progress_bar.n = trainer.global_step
-        self.train_progress_bar.set_description("train (steps)")
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.train_progress_bar.n = trainer.global_step
-        self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
-        self.train_progress_bar.refresh()
 
 
 def log_sample_previews(cfg: Any, logger: Any, module: Any) -> None:
@@ -252,8 +249,10 @@ def log_sample_previews(cfg: Any, logger: Any, module: Any) -> None:
 
 
 def find_last_checkpoint(out: Path) -> str | None:
-    last = out / "checkpoints" / "last.ckpt"
-    return str(last) if last.exists() else None
+    """The newest usable checkpoint in ``out/checkpoints`` (a broken ``last.ckpt`` falls back to a ``step-*.ckpt``)."""
+    from chexone.training.checkpointing import newest_checkpoint
+
+    return newest_checkpoint(Path(out) / "checkpoints")[0]
 
 
 def run_fit(cfg: Any, *, callbacks: list[Any] | None = None) -> dict[str, Any]:
@@ -262,17 +261,35 @@ def run_fit(cfg: Any, *, callbacks: list[Any] | None = None) -> dict[str, Any]:
     from chexone.tasks import get_task
     from chexone.training.preflight import preflight
 
+    from chexone.runtime import configure_threads, resolve_num_workers
+    from chexone.training.checkpointing import DurableCheckpointIO, remove_partial_files, resolve_ckpt_path
+    from chexone.training.lightning_compat import quiet_lightning_tips
+    from chexone.training.summary import format_summary
+
+    t_start = time.perf_counter()
     preflight(cfg, "fit")  # every name, path and batch size checked before anything loads
-    L.seed_everything(cfg.trainer.seed, workers=True)
+    quiet_lightning_tips()
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = out / "checkpoints"
     device_type = device_type_for(cfg)
     world = world_size_for(cfg, device_type)
+    local_processes = max(1, world // int(cfg.trainer.num_nodes))
+    threads = configure_threads(local_processes)  # each process its share of the cores
+    workers = resolve_num_workers(int(cfg.data.num_workers), local_processes)
+    rank_zero = int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+    if rank_zero:
+        for partial in remove_partial_files(ckpt_dir):
+            print(f"removed {partial}: a checkpoint write cut short by an earlier run", flush=True)
+    # a missing or broken checkpoint is reported (or replaced by the previous good one) before the model loads
+    ckpt_path, notice = resolve_ckpt_path(cfg.trainer.ckpt_path, ckpt_dir)
+    if notice and rank_zero:
+        print(notice, flush=True)
+    out.mkdir(parents=True, exist_ok=True)
     grpo = cfg.stage == "grpo"
     accumulate = 1 if grpo else accumulation_steps(cfg, world)
     precision = resolve_precision(cfg, device_type)
     cfg.model.dtype = training_dtype(cfg, precision)
-    rank_zero = int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
     if grpo and cfg.grpo.init_from == "demo_sft":
         from chexone.training.demo_init import ensure_demo_sft_model
 
@@ -284,26 +301,29 @@ def run_fit(cfg: Any, *, callbacks: list[Any] | None = None) -> dict[str, Any]:
     OmegaConf.save(cfg, out / "config.yaml", resolve=True)
 
     if grpo:
-        module, data, batch_desc = _build_grpo(cfg, loaded, device_type, get_task)
+        module, data, batch_desc = _build_grpo(cfg, loaded, device_type, get_task, workers)
     else:
         from chexone.training.sft import SFTModule
 
         module = SFTModule(cfg, loaded, get_task)
-        data = ChexoneDataModule(cfg, module.make_train_collator(), cfg.data.micro_batch_size)
+        data = ChexoneDataModule(cfg, module.make_train_collator(), cfg.data.micro_batch_size, workers)
         batch_desc = (f"micro batch {cfg.data.micro_batch_size} x accumulation {accumulate} = global batch "
                       f"{cfg.trainer.global_batch_size}")
     if rank_zero:
         print(loaded.summary(), flush=True)
         print(f"stage: {cfg.stage} | devices: {world} x {device_type} | precision: {precision} | {batch_desc} | "
-              f"output: {out}", flush=True)
+              f"cpu: {threads} torch thread(s), {workers} data worker(s) per process | output: {out}",
+              flush=True)
 
-    ckpt_dir = out / "checkpoints"
+    # last.ckpt always overwritten in place (never last-v1.ckpt next to a broken one); DurableCheckpointIO makes it a
+    # hard link to the step checkpoint and writes every file atomically (chexone/training/checkpointing.py).
     checkpoint = ModelCheckpoint(dirpath=str(ckpt_dir), filename="step-{step:06d}", auto_insert_metric_name=False,
                                  every_n_train_steps=cfg.trainer.checkpoint_every_n_steps, save_last=True,
-                                 save_top_k=-1)
+                                 save_top_k=-1, enable_version_counter=False)
     callbacks = [checkpoint, *(callbacks or [])]
-    if cfg.trainer.progress_bar:
-        callbacks.append(StepProgressBar(refresh_rate=1))
+    bar = make_progress_bar() if cfg.trainer.progress_bar else None
+    if bar is not None:
+        callbacks.append(bar)
     logger = build_logger(cfg, out)
     validate = bool(cfg.data.val) and not grpo
     val_every = cfg.trainer.val_every_n_steps
@@ -324,20 +344,16 @@ def run_fit(cfg: Any, *, callbacks: list[Any] | None = None) -> dict[str, Any]:
         num_sanity_val_steps=0,
         logger=logger,
         callbacks=callbacks,
-        enable_progress_bar=cfg.trainer.progress_bar,
+        enable_progress_bar=bar is not None,
         enable_model_summary=False,
         default_root_dir=str(out),
         use_distributed_sampler=False,
+        plugins=[DurableCheckpointIO()],
     )
     if logger:
         logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "model_summary": loaded.summary()})
         if trainer.is_global_zero and not grpo:
             log_sample_previews(cfg, logger, module)
-    ckpt_path = cfg.trainer.ckpt_path
-    if ckpt_path == "last":
-        ckpt_path = find_last_checkpoint(out)
-        if ckpt_path is None:
-            print(f"trainer.ckpt_path=last: no checkpoint in {ckpt_dir}, starting from scratch", flush=True)
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
 
     summary: dict[str, Any] = {"output_dir": str(out), "global_step": trainer.global_step,
@@ -358,12 +374,13 @@ def run_fit(cfg: Any, *, callbacks: list[Any] | None = None) -> dict[str, Any]:
     if trainer.is_global_zero:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
         summary["metrics"] = metrics
-        print("done: " + " | ".join(f"{k}={v}" for k, v in summary.items()
-                                    if k not in ("metrics", "reward_trend")), flush=True)
+        summary["skipped_steps"] = module.step_guard.skipped
+        print(format_summary(cfg, summary, seconds=time.perf_counter() - t_start, logger=logger,
+                             skipped_steps=module.step_guard.skipped), flush=True)
     return summary
 
 
-def _build_grpo(cfg: Any, loaded: Any, device_type: str, get_task) -> tuple[Any, Any, str]:
+def _build_grpo(cfg: Any, loaded: Any, device_type: str, get_task, workers: int = 0) -> tuple[Any, Any, str]:
     """The GRPO module, its reference model (only when beta > 0) and its data (raw prompt lists)."""
     from chexone.model import load_pretrained
     from chexone.training.grpo import GRPOModule
@@ -371,7 +388,7 @@ def _build_grpo(cfg: Any, loaded: Any, device_type: str, get_task) -> tuple[Any,
     ref = None
     if cfg.grpo.beta > 0:
         ref = load_pretrained(cfg.model, device_type=device_type, freeze=False).model
-    data = ChexoneDataModule(cfg, list, cfg.grpo.prompts_per_step)
+    data = ChexoneDataModule(cfg, list, cfg.grpo.prompts_per_step, workers)
     module = GRPOModule(cfg, loaded, get_task, ref_model=ref, refill=data.refill)
     g = cfg.grpo
     desc = (f"{g.prompts_per_step} prompts x {g.num_generations} completions per step, {g.num_iterations} "

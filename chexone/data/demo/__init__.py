@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -154,6 +155,7 @@ def ensure_demo_shards(
     sizes: dict[str, int] | None = None,
     seed: int = 0,
     image_size: int = DEFAULT_IMAGE_SIZE,
+    verbose: bool = False,
 ) -> dict[str, str]:
     """Make sure ``root`` holds the demo shards for these settings and return their brace patterns
     ``{"train": ".../train/demo-train-{000000..000007}.tar", "val": ..., "test": ...}``.
@@ -162,6 +164,7 @@ def ensure_demo_shards(
     settings, the shards are written into a temporary sibling directory and renamed into place, under a lock file
     (``.<root name>.lock`` next to it), so a crash never leaves a half-written cache and concurrent callers build once.
     An existing ``root`` that is not a demo cache (no demo manifest, not empty) is never deleted: that is an error.
+    ``verbose`` says on stderr what is being built, with progress (a first run takes tens of seconds here).
     """
     root = Path(root).absolute()
     sizes = _normalise_sizes(sizes)
@@ -177,8 +180,19 @@ def ensure_demo_shards(
         for stale in root.parent.glob(f".{root.name}.tmp-*"):  # left by a crashed build (we hold the lock)
             shutil.rmtree(stale, ignore_errors=True)
         tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        bars = None
+        if verbose:
+            from chexone.progress import progress
+
+            print(f"data=demo: generating the demo data once ({', '.join(f'{n} {k}' for k, n in sizes.items())} "
+                  f"phantom radiographs with questions for every built-in task) into {root}", file=sys.stderr,
+                  flush=True)
+
+            def bars(split: str, n: int):
+                return progress(total=n, desc=f"demo {split}", unit="samples")
+
         try:
-            write_demo_splits(tmp, sizes=sizes, seed=seed, image_size=image_size)
+            write_demo_splits(tmp, sizes=sizes, seed=seed, image_size=image_size, progress=bars)
             _install(tmp, root, sizes, seed, image_size)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,50 @@
+"""The two Lightning internals chexone touches to keep a newcomer's log free of noise, in one place.
+
+* Lightning 2.6 prints an advertising "Tip" for its cloud logger on every run (through its rank-zero logger): a
+  logging filter drops records starting with that marker.
+* Lightning's ``WandbLogger`` always passes ``anonymous=None`` to ``wandb.init``, which wandb >= 0.22 answers with
+  "WARNING The anonymous setting has no effect and will be removed": the argument is dropped from the logger's
+  private ``_wandb_init`` dict before the run starts.
+
+``tests/test_lightning_compat.py`` checks both against the installed versions, so a Lightning release that changes
+either shows up there.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+TIP_MARKER = "💡 Tip"
+#: Loggers Lightning's rank-zero messages are emitted through.
+RANK_ZERO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+
+
+class _DropTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(TIP_MARKER)
+
+
+_FILTER = _DropTips()
+
+
+def quiet_lightning_tips() -> None:
+    """Drop Lightning's advertising tips (idempotent); warnings and errors are untouched."""
+    for name in RANK_ZERO_LOGGERS:
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
+
+
+def wandb_logger(**kwargs: Any):
+    """``WandbLogger(**kwargs)`` without the deprecated ``anonymous`` argument."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    logger = WandbLogger(**kwargs)
+    init = getattr(logger, "_wandb_init", None)
+    if isinstance(init, dict) and init.get("anonymous") is None:
+        init.pop("anonymous", None)
+    return logger
+
+
+__all__ = ["quiet_lightning_tips", "wandb_logger"]

@@ -1,0 +1,62 @@
+"""The Lightning internals chexone/training/lightning_compat.py relies on, checked against the installed versions."""
+
+import logging
+
+import lightning as L
+
+from chexone.training.lightning_compat import TIP_MARKER, quiet_lightning_tips, wandb_logger
+
+
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def _trainer_messages(monkeypatch=None):
+    collect = _Collect()
+    root = logging.getLogger("lightning")
+    root.addHandler(collect)
+    old_level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        L.Trainer(logger=False, enable_progress_bar=False, enable_checkpointing=False, accelerator="cpu")
+    finally:
+        root.removeHandler(collect)
+        root.setLevel(old_level)
+    return collect.messages
+
+
+def test_lightning_tip_is_dropped_and_other_messages_kept():
+    quiet_lightning_tips()
+    messages = _trainer_messages()
+    assert not any(m.startswith(TIP_MARKER) for m in messages)
+    assert any("GPU available" in m for m in messages)  # ordinary info still flows
+
+
+def test_lightning_still_emits_the_tip_through_its_rank_zero_logger():
+    # RELIES ON: the tip is logged through lightning.pytorch.utilities.rank_zero, starting with TIP_MARKER
+    name = "lightning.pytorch.utilities.rank_zero"
+    logger = logging.getLogger(name)
+    saved = list(logger.filters)
+    for f in saved:
+        logger.removeFilter(f)
+    try:
+        messages = _trainer_messages()
+    finally:
+        for f in saved:
+            logger.addFilter(f)
+    assert any(m.startswith(TIP_MARKER) for m in messages), "Lightning no longer prints its tip: drop the filter"
+
+
+def test_wandb_logger_passes_no_anonymous_setting(tmp_path):
+    from lightning.pytorch.loggers import WandbLogger
+
+    # RELIES ON: WandbLogger keeps wandb.init's arguments in the private dict _wandb_init, with anonymous=None
+    plain = WandbLogger(save_dir=str(tmp_path), offline=True, project="p")
+    assert "anonymous" in plain._wandb_init and plain._wandb_init["anonymous"] is None
+    ours = wandb_logger(save_dir=str(tmp_path), offline=True, project="p", name="n")
+    assert "anonymous" not in ours._wandb_init and ours._wandb_init["name"] == "n"
