@@ -254,7 +254,8 @@ def test_constraints_pin_every_declared_dependency(pyproject):
             pinned, bound_t = _vtuple(pins[name]), _vtuple(bound)
             ok = {">=": pinned >= bound_t, "<": pinned < bound_t, "==": pinned == bound_t}[op]
             assert ok, f"constraints.txt pins {name}=={pins[name]} outside {req}"
-    assert "webdataset" not in pins
+    # webdataset is a test reference only: shards are read by chexone's own reader (docs/data.md)
+    assert "webdataset" not in {requirement_name(r) for r in project["dependencies"]}
 
 
 def _vtuple(v: str) -> tuple[int, ...]:
