@@ -73,6 +73,17 @@ def _fsync_dir(path: Path) -> None:
         _fsync_file(path)
 
 
+def _publish(tmp: Path, path: Path) -> None:
+    """Rename a complete temporary file onto ``path`` (removing it if that fails) and make the rename durable."""
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(path.parent)
+
+
 def write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """``write(tmp)`` to ``<path>.tmp-<pid>``, fsync it, then rename it onto ``path``. Readers of ``path`` see the old
     file or the complete new one, never a partial one; if ``write`` raises, the temporary file is removed."""
@@ -81,12 +92,11 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> N
     try:
         write(str(tmp))
         _fsync_file(tmp)
-        os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    _fsync_dir(path.parent)
+    _publish(tmp, path)
 
 
 def link_atomically(src: Path, dst: Path) -> bool:
@@ -98,13 +108,7 @@ def link_atomically(src: Path, dst: Path) -> bool:
         os.link(src, tmp)
     except OSError:
         return False
-    try:
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(dst.parent)
+    _publish(tmp, dst)
     return True
 
 

