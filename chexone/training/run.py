@@ -255,8 +255,9 @@ def find_last_checkpoint(out: Path) -> str | None:
     return newest_checkpoint(Path(out) / "checkpoints")[0]
 
 
-def run_fit(cfg: Any, *, callbacks: list[Any] | None = None) -> dict[str, Any]:
-    """Train as the recipe says; ``callbacks`` are extra Lightning callbacks. Returns a summary (paths, metrics)."""
+def run_fit(cfg: Any, *, callbacks: list[Any] | None = None, announce: bool = True) -> dict[str, Any]:
+    """Train as the recipe says; ``callbacks`` are extra Lightning callbacks. Returns a summary (paths, metrics) and,
+    with ``announce``, prints it with the next command to run."""
     from chexone.model import load_pretrained
     from chexone.tasks import get_task
     from chexone.training.preflight import preflight
@@ -371,12 +372,19 @@ def run_fit(cfg: Any, *, callbacks: list[Any] | None = None) -> dict[str, Any]:
         print(summary["reward_trend"]["message"], flush=True)
     if cfg.export_hf:
         summary["hf_dir"] = str(module.export_hf(out / "hf"))  # every rank: sharded weights are gathered
+        if trainer.is_global_zero and announce:
+            from chexone.training.demo_init import offer_as_demo_sft_model
+
+            cached = offer_as_demo_sft_model(cfg, summary["hf_dir"])
+            if cached is not None:
+                summary["demo_sft_model"] = str(cached)
     if trainer.is_global_zero:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
         summary["metrics"] = metrics
         summary["skipped_steps"] = module.step_guard.skipped
-        print(format_summary(cfg, summary, seconds=time.perf_counter() - t_start, logger=logger,
-                             skipped_steps=module.step_guard.skipped), flush=True)
+        if announce:
+            print(format_summary(cfg, summary, seconds=time.perf_counter() - t_start, logger=logger,
+                                 skipped_steps=module.step_guard.skipped), flush=True)
     return summary
 
 

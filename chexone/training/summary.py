@@ -51,6 +51,8 @@ def format_summary(cfg: Any, summary: dict[str, Any], *, seconds: float, logger:
         rows.append(("model", f"{summary['hf_dir']} (Hugging Face directory: from_pretrained / model.path=)"))
     rows.append(("checkpoint", f"{summary['last_checkpoint']} (resume: trainer.ckpt_path=last)"))
     rows.append(("config", str(out / "config.yaml")))
+    if summary.get("demo_sft_model"):
+        rows.append(("stage 2", f"the stage-2 demo starts from this model (cached as {summary['demo_sft_model']})"))
     rows.append(("metrics", metrics_location(cfg, out, logger)))
     validation = summary.get("validation") or {}
     shown = [f"{k.removeprefix('val/')} {validation[k]:.3f}" for k in HEADLINE if k in validation]

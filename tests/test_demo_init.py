@@ -1,0 +1,30 @@
+"""The stage-2 demo starts from the stage-1 demo model; a user's own stage-1 demo run provides it (trained once)."""
+
+from chexone.config.load import load_config
+from chexone.training import demo_init
+
+
+def test_key_ignores_what_does_not_change_the_weights():
+    base = demo_init.demo_sft_key(demo_init.demo_sft_config())
+    readme_run = load_config("stage1_sft", ["model=tiny", "data=demo"])  # logger=wandb, progress bar, runs/...
+    assert demo_init.demo_sft_key(readme_run) == base
+    other = load_config("stage1_sft", ["model=tiny", "data=demo", "optim.lr=1e-3"])
+    assert demo_init.demo_sft_key(other) != base
+    assert demo_init.demo_sft_key(load_config("stage1_sft", ["model=tiny", "data=demo", "trainer.max_steps=5"])) != base
+
+
+def test_a_matching_run_offers_its_export_and_others_do_not(tmp_path, monkeypatch):
+    monkeypatch.setenv("CHEXONE_CACHE", str(tmp_path / "cache"))
+    hf = tmp_path / "run" / "hf"
+    hf.mkdir(parents=True)
+    (hf / "config.json").write_text("{}")
+    (hf / "model.safetensors").write_bytes(b"weights")
+    short = load_config("stage1_sft", ["model=tiny", "data=demo", "trainer.max_steps=5"])
+    assert demo_init.offer_as_demo_sft_model(short, hf) is None
+    cached = demo_init.offer_as_demo_sft_model(load_config("stage1_sft", ["model=tiny", "data=demo"]), hf)
+    assert cached is not None and (cached / "model.safetensors").read_bytes() == b"weights"
+    assert cached == demo_init._cache_root() / "hf" and not list(cached.parent.glob(".hf-*"))
+    printed = []
+    monkeypatch.setattr("builtins.print", lambda *a, **k: printed.append(" ".join(map(str, a))))
+    assert demo_init.ensure_demo_sft_model(None) == cached  # no second stage-1 training
+    assert "using the cached stage-1 demo model" in printed[0]
