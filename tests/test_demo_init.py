@@ -28,3 +28,19 @@ def test_a_matching_run_offers_its_export_and_others_do_not(tmp_path, monkeypatc
     monkeypatch.setattr("builtins.print", lambda *a, **k: printed.append(" ".join(map(str, a))))
     assert demo_init.ensure_demo_sft_model(None) == cached  # no second stage-1 training
     assert "using the cached stage-1 demo model" in printed[0]
+
+
+def test_a_real_stage1_demo_run_offers_its_export(tmp_path, cache_dir, demo_shards, tiny_dir, monkeypatch):
+    """The config a run mutates (demo data paths, dtype) still matches: checked on a real, shortened run whose key is
+    made the demo key."""
+    from chexone.training.run import run_fit
+
+    monkeypatch.setenv("CHEXONE_CACHE", str(tmp_path / "cache"))
+    overrides = ["model=tiny", "data=demo", "trainer.max_steps=2", "data.val=[]", "logger=none",
+                 f"model.tiny_cache_dir={cache_dir / 'tiny-model'}", f"data.demo_dir={cache_dir / 'demo-shards'}",
+                 "trainer.progress_bar=false", f"output_dir={tmp_path / 'run'}"]
+    monkeypatch.setattr(demo_init, "demo_sft_config",
+                        lambda output_dir=None: load_config("stage1_sft", overrides))
+    summary = run_fit(load_config("stage1_sft", overrides))
+    assert summary["demo_sft_model"] == str(demo_init._cache_root() / "hf")
+    assert (demo_init._cache_root() / "hf" / "config.json").exists()

@@ -72,8 +72,9 @@ def ensure_demo_sft_model(grpo_cfg: Any) -> Path:
 
 
 def offer_as_demo_sft_model(cfg: Any, hf_dir: str | Path) -> Path | None:
-    """After a stage-1 run: when its config trains exactly the stage-1 demo model, copy its export into the cache the
-    stage-2 demo starts from (so it is not trained a second time). Returns the cached path, or None."""
+    """After a stage-1 run: when its config (as loaded, before the run filled in data paths and dtype) trains exactly
+    the stage-1 demo model, copy its export into the cache the stage-2 demo starts from (so it is not trained a
+    second time). Returns the cached path, or None."""
     if cfg.stage != "sft" or cfg.data.name != "demo" or demo_sft_key(cfg) != demo_sft_key(demo_sft_config()):
         return None
     root = _cache_root()

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -269,6 +270,7 @@ def run_fit(cfg: Any, *, callbacks: list[Any] | None = None, announce: bool = Tr
 
     t_start = time.perf_counter()
     preflight(cfg, "fit")  # every name, path and batch size checked before anything loads
+    as_loaded = copy.deepcopy(cfg)  # the run fills in data paths and dtype below
     quiet_lightning_tips()
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     out = Path(cfg.output_dir)
@@ -375,7 +377,7 @@ def run_fit(cfg: Any, *, callbacks: list[Any] | None = None, announce: bool = Tr
         if trainer.is_global_zero and announce:
             from chexone.training.demo_init import offer_as_demo_sft_model
 
-            cached = offer_as_demo_sft_model(cfg, summary["hf_dir"])
+            cached = offer_as_demo_sft_model(as_loaded, summary["hf_dir"])
             if cached is not None:
                 summary["demo_sft_model"] = str(cached)
     if trainer.is_global_zero:
