@@ -49,6 +49,7 @@ def run_filter(cfg: Any) -> dict[str, Any]:
           flush=True)
     model = loaded.model.to("cuda" if device_type == "cuda" else "cpu")
     scorer = VarianceScorer(model, loaded.processor, get_task, cfg)
+    print(scorer.rewards.describe(), flush=True)
     scored = score_shards(shards, scorer, out, task_filter=list(cfg.data.tasks) or None)
     kept, summary = select_top_variance(scored, f.keep_fraction)
     manifest = write_selected(shards, kept, out, OmegaConf.to_container(cfg, resolve=True))

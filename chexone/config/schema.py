@@ -179,6 +179,10 @@ class RewardConfig:
     name: str = doc("???", "Reward name in the chexone.rewards registry (built-in or plugin).")
     weight: float = doc(1.0, "Weight in the total reward (0 = logged only).")
     kwargs: dict[str, Any] = field(default_factory=dict, metadata={"doc": "Keyword arguments for the reward."})
+    tasks: list[str] = field(
+        default_factory=list,
+        metadata={"doc": "Tasks this reward scores; [] = the tasks that declare it in Task.rewards, or every task "
+                         "when none does (docs/plugins.md, the reward contract)."})
 
 
 @dataclass

@@ -134,7 +134,7 @@ class PromptCollator:
         self.max_prompt_length = max_prompt_length
 
     def __call__(self, samples: list[Sample]) -> dict[str, Any]:
-        encoded, kept, modes = [], [], []
+        encoded, kept, modes, texts = [], [], [], []
         for s in samples:
             task = self.task_lookup(s.task)
             reasoning = use_reasoning(s, self.reasoning)
@@ -146,7 +146,8 @@ class PromptCollator:
             encoded.append(e)
             kept.append(s)
             modes.append(reasoning)
-        batch: dict[str, Any] = {"samples": kept, "reasoning": modes, "num_samples": len(kept),
+            texts.append(task.user_text(s, reasoning=reasoning, style=self.style))
+        batch: dict[str, Any] = {"samples": kept, "reasoning": modes, "prompts": texts, "num_samples": len(kept),
                                  "num_images": [len(s.images) for s in kept]}
         if not encoded:
             return batch

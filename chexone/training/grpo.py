@@ -69,7 +69,8 @@ class GRPOModule(ChexoneModule):
                                              reasoning=cfg.data.reasoning, max_prompt_length=cfg.data.max_length)
         # A list keeps the frozen reference out of state_dict/checkpoints: it is never saved twice.
         self._ref = [ref_model.eval().requires_grad_(False)] if ref_model is not None else []
-        self.rewards = RewardSet(list(g.rewards), cfg.data.boxed, g.reward_errors)
+        self.rewards = RewardSet(list(g.rewards), cfg.data.boxed, g.reward_errors,
+                                 task_names=list(cfg.data.tasks) or None, task_lookup=task_lookup)
         self.generator = torch.Generator().manual_seed(cfg.trainer.seed)
         self.engine = make_engine(g.engine, self.generator)
         self.sampling = SamplingSettings(num_generations=g.num_generations, max_new_tokens=g.max_completion_length,
@@ -103,7 +104,10 @@ class GRPOModule(ChexoneModule):
             roll = self.engine.generate(self.model, self.encoder, prompts, self.sampling)
         expanded = [s for s in prompts["samples"] for _ in range(G)]
         with timer("rewards"):
-            per_reward = self.rewards.score(roll.texts, expanded)
+            per_reward = self.rewards.score(roll.texts, expanded,
+                                            prompts=[t for t in prompts["prompts"] for _ in range(G)],
+                                            reasoning=[r for r in prompts["reasoning"] for _ in range(G)],
+                                            step=self.global_step)
         totals = combine_rewards(per_reward, self.rewards.weights)
         return {"prompts": prompts, "rollouts": roll, "per_reward": per_reward, "totals": totals,
                 "groups": prompts["num_samples"], "samples": expanded}

@@ -88,7 +88,8 @@ class VarianceScorer:
         self.settings = SamplingSettings(num_generations=f.num_generations, max_new_tokens=f.max_completion_length,
                                          temperature=f.temperature, top_p=f.top_p, top_k=f.top_k,
                                          repetition_penalty=1.0)
-        self.rewards = RewardSet(list(cfg.grpo.rewards), cfg.data.boxed, cfg.grpo.reward_errors)
+        self.rewards = RewardSet(list(cfg.grpo.rewards), cfg.data.boxed, cfg.grpo.reward_errors,
+                                 task_names=list(cfg.data.tasks) or None, task_lookup=task_lookup)
         self.batch_prompts = f.batch_prompts
 
     def score(self, samples: list[Sample], shard: str) -> list[ScoredSample]:
@@ -100,7 +101,9 @@ class VarianceScorer:
                 continue
             roll = self.engine.generate(self.model, self.encoder, batch, self.settings)
             expanded = [s for s in batch["samples"] for _ in range(K)]
-            totals = combine_rewards(self.rewards.score(roll.texts, expanded), self.rewards.weights)
+            scores = self.rewards.score(roll.texts, expanded, prompts=[t for t in batch["prompts"] for _ in range(K)],
+                                        reasoning=[r for r in batch["reasoning"] for _ in range(K)])
+            totals = combine_rewards(scores, self.rewards.weights)
             for p, s in enumerate(batch["samples"]):
                 group = totals[p * K : (p + 1) * K]
                 applicable = [x for x in group if x is not None]

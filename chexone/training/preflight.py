@@ -9,6 +9,7 @@ load or hours of training.
 
 from __future__ import annotations
 
+import inspect
 from collections import Counter
 from typing import Any, Iterable
 
@@ -42,13 +43,32 @@ def reward_problems(rewards: Iterable[Any]) -> list[str]:
     from chexone.registry import REWARDS
 
     rewards = list(rewards)
-    problems = [p for i, r in enumerate(rewards) if (p := _lookup_problem(REWARDS, f"grpo.rewards[{i}].name", r.name))]
+    problems = []
+    for i, r in enumerate(rewards):
+        problem = _lookup_problem(REWARDS, f"grpo.rewards[{i}].name", r.name)
+        if problem is None:
+            problem = _signature_problem(f"grpo.rewards[{i}].name", r.name, REWARDS.get(r.name))
+        problems += [problem] if problem else []
+        problems += task_problems(f"grpo.rewards[{i}].tasks", getattr(r, "tasks", None) or [])
     for name, count in Counter(r.name for r in rewards).items():
         if count > 1:
             where = [i for i, r in enumerate(rewards) if r.name == name]
             problems.append(f"'grpo.rewards': reward {name!r} is listed {count} times (entries {where}); a reward is "
                             "counted once, with one weight: merge the entries")
     return problems
+
+
+def _signature_problem(key: str, name: str, fn: Any) -> str | None:
+    """A reward must take ``(responses, samples, **kwargs)``: chexone passes context (boxed, prompts, reasoning,
+    step) as keyword arguments, and more may come."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None  # a builtin or C callable: cannot tell, the first call will
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return (f"'{key}': reward {name!r} must accept **kwargs (it is called as reward(responses, samples, boxed=..., "
+                "prompts=..., reasoning=..., step=..., **recipe_kwargs)); add **kwargs to its signature")
+    return None
 
 
 def shard_problems(key: str, shard_sets: Iterable[Any]) -> list[str]:

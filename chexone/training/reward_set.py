@@ -1,6 +1,22 @@
-"""The recipe's GRPO rewards, resolved from the registry and scored in one batched call each, with every value checked.
+"""The recipe's GRPO rewards: which reward scores which sample, with what context, and every value checked.
 
-A reward returns one finite number (or None: "not my task") per completion. Anything else — an exception, the wrong
+**Which rewards apply to a sample** (docs/plugins.md, "The reward contract"), for each reward in order:
+
+1. the tasks its ``grpo.rewards`` entry lists under ``tasks:``, when it lists any;
+2. otherwise the tasks that declare it in ``Task.rewards`` (``close_vqa`` declares ``vqa``, a plugin task its own
+   reward): a plugin task of family multiple_choice that declares its own reward is not also scored by ``vqa``;
+3. otherwise (no task declares it: ``format``, ``vqa_strict``, a plugin reward for built-in tasks) every sample; the
+   reward returns None for those it does not own.
+
+A reward a task declares but ``grpo.rewards`` does not list is applied with weight 1.0 (the task's author meant it);
+list it with ``weight: 0`` to only log it. The plan is printed at the start of a run.
+
+**What a reward receives**: ``reward(responses, samples, *, boxed, prompts, reasoning, step, **recipe_kwargs)`` — the
+completions and their samples (every field of the sample schema), which ``\boxed{}`` counts (``first``|``last``), the
+user text each completion answered, whether it was asked in reasoning mode, and the optimizer step. It must accept
+``**kwargs`` (more context may be added).
+
+**What it returns**: one finite number (or None: not scored) per completion. Anything else — an exception, the wrong
 number of values, NaN/inf, a string or another non-number — is a *reward error*: it names the reward, the sample, the
 completion and the cause, and ``grpo.reward_errors`` decides what happens (``fail`` stops the run, ``zero`` scores 0,
 counts it and warns). A non-finite reward would otherwise flow into the advantages and from there into the weights.
@@ -12,11 +28,16 @@ import logging
 import math
 import numbers
 from collections import defaultdict
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
 
 from chexone.data.sample import Sample
 
 log = logging.getLogger(__name__)
+
+
+#: Context arguments that hold one entry per completion (sliced when a completion is scored on its own).
+PER_COMPLETION = ("prompts", "reasoning")
 
 
 class RewardError(RuntimeError):
@@ -37,31 +58,114 @@ def _as_reward_value(value: Any) -> tuple[float | None, str | None]:
     return number, None
 
 
+@dataclass
+class RewardPlan:
+    """One reward as a run applies it."""
+
+    name: str
+    weight: float
+    kwargs: dict[str, Any]
+    fn: Callable[..., Any]
+    #: Task names it scores; None = every sample (the reward returns None for samples it does not own).
+    tasks: frozenset[str] | None
+    #: Why it is in the plan: "grpo.rewards" or "declared by task X".
+    source: str
+
+    def applies_to(self, task: str) -> bool:
+        return self.tasks is None or task in self.tasks
+
+    def describe(self) -> str:
+        where = "every task" if self.tasks is None else ", ".join(sorted(self.tasks)) or "no task in this run"
+        extra = "" if self.source == "grpo.rewards" else f"; {self.source}, not in grpo.rewards"
+        return f"{self.name} (weight {self.weight:g}; {where}{extra})"
+
+
+def declared_rewards(task_names: Iterable[str], task_lookup: Callable[[str], Any]) -> dict[str, list[str]]:
+    """reward name -> the tasks (of ``task_names``) that declare it in ``Task.rewards``. A task that cannot be loaded
+    is left out with a warning: an installed but unused broken plugin must not stop this run."""
+    out: dict[str, list[str]] = defaultdict(list)
+    for task_name in task_names:
+        try:
+            task = task_lookup(task_name)
+        except Exception as err:  # noqa: BLE001 - reported, and refused only where the run selects the task
+            log.warning("task %r could not be loaded to read its rewards: %s", task_name, err)
+            continue
+        for reward in getattr(task, "rewards", ()) or ():
+            out[str(reward)].append(task_name)
+    return dict(out)
+
+
+def plan_rewards(specs: Iterable[Any], task_names: Iterable[str],
+                 task_lookup: Callable[[str], Any]) -> list[RewardPlan]:
+    """The rewards a run applies and to which tasks (see the module docstring for the rules)."""
+    from chexone.registry import REWARDS
+
+    task_names = list(task_names)
+    declared = declared_rewards(task_names, task_lookup)
+    plans = []
+    for s in specs:
+        listed = [str(t) for t in (getattr(s, "tasks", None) or [])]
+        scope = frozenset(listed) if listed else (frozenset(declared[s.name]) if s.name in declared else None)
+        plans.append(RewardPlan(s.name, float(s.weight), dict(s.kwargs or {}), REWARDS.get(s.name), scope,
+                                "grpo.rewards"))
+    listed_names = {p.name for p in plans}
+    for name, tasks in sorted(declared.items()):
+        if name not in listed_names:
+            plans.append(RewardPlan(name, 1.0, {}, REWARDS.get(name), frozenset(tasks),
+                                    f"declared by task {', '.join(sorted(tasks))}"))
+    return plans
+
+
 class RewardSet:
-    """Rewards by name with weights and keyword arguments; ``score`` returns checked values per reward."""
+    """The run's reward plan; ``score`` calls each reward once on the completions it applies to and checks every
+    value."""
 
-    def __init__(self, specs: list[Any], boxed: str, on_error: str):
-        from chexone.registry import REWARDS
-
+    def __init__(self, specs: list[Any], boxed: str, on_error: str, *, task_names: Iterable[str] | None = None,
+                 task_lookup: Callable[[str], Any] | None = None):
         if not specs:
             raise ValueError("grpo.rewards is empty: list at least one reward, e.g. [{name: format}, {name: vqa}]")
         if on_error not in ("fail", "zero"):
             raise ValueError(f"grpo.reward_errors={on_error!r}; choose fail | zero")
-        self.items = [(s.name, float(s.weight), dict(s.kwargs), REWARDS.get(s.name)) for s in specs]
-        self.weights = {name: w for name, w, _, _ in self.items}
+        if task_lookup is None:
+            from chexone.tasks import get_task as task_lookup
+        if task_names is None:
+            from chexone.registry import TASKS
+
+            task_names = TASKS.names()
+        self.plans = plan_rewards(specs, task_names, task_lookup)
+        self.weights = {p.name: p.weight for p in self.plans}
         self.boxed = boxed
         self.on_error = on_error
         self.errors: dict[str, int] = defaultdict(int)
 
-    def score(self, texts: list[str], samples: list[Sample]) -> dict[str, list[float | None]]:
-        return {name: self._score_reward(name, fn, kwargs, texts, samples) for name, _, kwargs, fn in self.items}
+    def describe(self) -> str:
+        return "rewards: " + " | ".join(p.describe() for p in self.plans)
+
+    def score(self, texts: list[str], samples: list[Sample], *, prompts: Sequence[str] | None = None,
+              reasoning: Sequence[bool] | None = None, step: int = 0) -> dict[str, list[float | None]]:
+        """Per reward, one checked value (or None where it does not apply) per completion."""
+        prompts = list(prompts) if prompts is not None else [s.question for s in samples]
+        reasoning = list(reasoning) if reasoning is not None else [True] * len(samples)
+        out = {}
+        for plan in self.plans:
+            idx = [i for i, s in enumerate(samples) if plan.applies_to(s.task)]
+            values: list[float | None] = [None] * len(samples)
+            if idx:
+                context = {"boxed": self.boxed, "prompts": [prompts[i] for i in idx],
+                           "reasoning": [reasoning[i] for i in idx], "step": step}
+                scored = self._score_reward(plan.name, plan.fn, {**context, **plan.kwargs}, [texts[i] for i in idx],
+                                            [samples[i] for i in idx])
+                for i, v in zip(idx, scored):
+                    values[i] = v
+            out[plan.name] = values
+        return out
 
     def _score_reward(self, name: str, fn: Callable, kwargs: dict, texts: list[str],
                       samples: list[Sample]) -> list[float | None]:
         try:
-            values = fn(texts, samples, boxed=self.boxed, **kwargs)
+            values = fn(texts, samples, **kwargs)
         except Exception:  # noqa: BLE001 - score one by one to name the failing sample, then fail or zero
-            return [self._score_one(name, fn, kwargs, t, s) for t, s in zip(texts, samples)]
+            return [self._score_one(name, fn, kwargs, i, t, s) for i, (t, s) in enumerate(zip(texts, samples))]
         try:
             values = list(values)
         except TypeError:
@@ -75,9 +179,11 @@ class RewardSet:
             out.append(number if problem is None else self._error(name, sample, text, problem))
         return out
 
-    def _score_one(self, name: str, fn: Callable, kwargs: dict, text: str, sample: Sample) -> float | None:
+    def _score_one(self, name: str, fn: Callable, kwargs: dict, index: int, text: str,
+                   sample: Sample) -> float | None:
         try:
-            values = list(fn([text], [sample], boxed=self.boxed, **kwargs))
+            one = {k: ([v[index]] if k in PER_COMPLETION else v) for k, v in kwargs.items()}
+            values = list(fn([text], [sample], **one))
         except Exception as err:  # noqa: BLE001
             return self._error(name, sample, text, f"{type(err).__name__}: {err}", err)
         if len(values) != 1:

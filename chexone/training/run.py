@@ -317,6 +317,8 @@ def run_fit(cfg: Any, *, callbacks: list[Any] | None = None, announce: bool = Tr
         print(f"stage: {cfg.stage} | devices: {world} x {device_type} | precision: {precision} | {batch_desc} | "
               f"cpu: {threads} torch thread(s), {workers} data worker(s) per process | output: {out}",
               flush=True)
+        if grpo:
+            print(module.rewards.describe(), flush=True)
 
     # last.ckpt always overwritten in place (never last-v1.ckpt next to a broken one); DurableCheckpointIO makes it a
     # hard link to the step checkpoint and writes every file atomically (chexone/training/checkpointing.py).
