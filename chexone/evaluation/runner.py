@@ -191,6 +191,11 @@ def check_metrics(benches: list[Benchmark], task_lookup: Any) -> None:
 
     for bench in benches:
         tasks = list(bench.tasks) or [None]
+        if not bench.tasks and not bench.metrics:
+            # the data's tasks are not known before reading it: check every registered task's declared metrics
+            # against the metric protocol now (without building model-backed ones)
+            for problem in declared_metric_problems(task_lookup):
+                raise BenchmarkError(f"benchmark {bench.name!r}: {problem}")
         for task in tasks:
             names = list(bench.metrics) if task is None else task_metrics(task_lookup, task, bench.metrics)
             for name in names:
@@ -201,6 +206,31 @@ def check_metrics(benches: list[Benchmark], task_lookup: Any) -> None:
                                          f"under eval.metric_kwargs.{name}.KEY)") from e
                 except (RegistryError, PluginLoadError, TypeError, ValueError) as e:
                     raise BenchmarkError(f"benchmark {bench.name!r}, metric {name!r}: {e}") from e
+
+
+def declared_metric_problems(task_lookup: Any) -> list[str]:
+    """Metrics declared by registered tasks (``Task.metrics``) that are unknown or break the metric protocol, checked
+    on the registered class or function (nothing is instantiated)."""
+    from chexone.evaluation.scoring import metric_problem
+    from chexone.registry import METRICS, TASKS
+
+    problems = []
+    for task_name in TASKS.names():
+        try:
+            task = task_lookup(task_name)
+        except Exception:  # noqa: BLE001 - a task that cannot load is reported when a benchmark selects it
+            continue
+        for name in getattr(task, "metrics", ()) or ():
+            try:
+                obj = METRICS.get(name)
+            except Exception as err:  # noqa: BLE001
+                problems.append(f"task {task_name!r} declares metric {name!r}: {err}")
+                continue
+            if isinstance(obj, type) or callable(getattr(obj, "update", None)):
+                problem = metric_problem(obj)
+                if problem:
+                    problems.append(f"task {task_name!r} declares metric {name!r}, which {problem}")
+    return problems
 
 
 def run_evaluation(cfg: Any) -> dict[str, Any]:

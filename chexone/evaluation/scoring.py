@@ -97,19 +97,67 @@ def details(computed: Any) -> dict[str, Any]:
     return out
 
 
+def function_metric(fn: Callable[..., Any], name: str) -> type:
+    """A metric class around a plain per-sample scoring function ``fn(preds, refs) -> list[float | None]`` (the
+    docs allow registering one): it accumulates the scores, reports their mean, scores per sample and merges across
+    processes like any built-in per-sample metric. Optional attributes of ``fn`` are honoured: ``eval_inputs``,
+    ``higher_is_better``, ``corpus_statistic``."""
+    from chexone.metrics._common import PerSampleMetric
+
+    class FunctionMetric(PerSampleMetric):
+        def _score(self, preds: Sequence[Any], targets: Sequence[Any]) -> list[float | None]:
+            return [None if v is None else float(v) for v in fn(list(preds), list(targets))]
+
+        def score(self, preds: Sequence[Any], refs: Sequence[Any]) -> list[float | None]:
+            return self._score(preds, refs)
+
+    for attr in ("eval_inputs", "higher_is_better", "corpus_statistic"):
+        if hasattr(fn, attr):
+            setattr(FunctionMetric, attr, getattr(fn, attr))
+    FunctionMetric.__name__ = FunctionMetric.__qualname__ = f"FunctionMetric[{name}]"
+    return FunctionMetric
+
+
+def metric_problem(metric: Any) -> str | None:
+    """What keeps ``metric`` (an instance) from being scored by the harness, or None: the checks run before any
+    answer is generated, so a broken metric costs seconds, not a whole evaluation."""
+    missing = [m for m in ("update", "compute") if not callable(getattr(metric, m, None))]
+    if missing:
+        return (f"has no {' and no '.join(f'{m}()' for m in missing)} method; a metric is a class with update(preds, "
+                "refs) and compute() (e.g. a torchmetrics.Metric, or chexone.metrics.PerSampleMetric), or a plain "
+                "function fn(preds, refs) -> list[float | None]")
+    try:
+        metric_inputs(metric)
+    except (ValueError, TypeError) as err:
+        return str(err)
+    if hasattr(metric, "score") and not callable(metric.score):
+        return "has a 'score' attribute that is not a method score(preds, refs) -> list[float | None]"
+    return None
+
+
 def build_metric(name: str, task: str, kwargs: dict[str, Any], registry: Any = None) -> Any:
-    """Instantiate a registered metric for one task (``task=`` passed when the constructor takes it)."""
+    """Instantiate a registered metric for one task (``task=`` passed when the constructor takes it). A registered
+    plain function becomes a per-sample metric (:func:`function_metric`); the result is checked
+    (:func:`metric_problem`) and a ``TypeError`` names what is missing."""
     if registry is None:
         from chexone.registry import METRICS as registry
     cls = registry.get(name)
+    if not isinstance(cls, type) and callable(cls) and not callable(getattr(cls, "update", None)):
+        cls = function_metric(cls, name)
     kw = dict(kwargs)
-    try:
-        params = inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        params = {}
-    if "task" in params and "task" not in kw:
-        kw["task"] = task
-    metric = cls(**kw)
+    if isinstance(cls, type):
+        try:
+            params = inspect.signature(cls).parameters
+        except (TypeError, ValueError):
+            params = {}
+        if "task" in params and "task" not in kw:
+            kw["task"] = task
+        metric = cls(**kw)
+    else:  # a registered metric instance: a fresh copy per task
+        metric = cls.clone() if callable(getattr(cls, "clone", None)) else cls
+    problem = metric_problem(metric)
+    if problem:
+        raise TypeError(f"metric {name!r} {problem}")
     if hasattr(metric, "sync_on_compute"):
         # Scored per process: compute() must not gather other ranks' states (under DDP validation the ranks hold
         # different tasks, and a collective that only some ranks enter would hang).

@@ -33,10 +33,22 @@ def task_problems(key: str, names: Iterable[str]) -> list[str]:
     return [p for n in names if (p := _lookup_problem(TASKS, key, str(n)))]
 
 
-def metric_problems(key: str, names: Iterable[str]) -> list[str]:
+def metric_problems(key: str, names: Iterable[str], task: str = "close_vqa") -> list[str]:
+    """Unknown or broken metric names, and metrics that do not follow the metric protocol (built once here, so a
+    metric without update() fails now, not after every answer has been generated)."""
+    from chexone.evaluation.scoring import build_metric
     from chexone.registry import METRICS
 
-    return [p for n in names if (p := _lookup_problem(METRICS, key, str(n)))]
+    problems = []
+    for name in map(str, names):
+        problem = _lookup_problem(METRICS, key, name)
+        if problem is None:
+            try:
+                build_metric(name, task, {})
+            except Exception as err:  # noqa: BLE001 - any failure to build is reported, one line per metric
+                problem = f"'{key}': {err}"
+        problems += [problem] if problem else []
+    return problems
 
 
 def reward_problems(rewards: Iterable[Any]) -> list[str]:
@@ -109,7 +121,8 @@ def preflight_problems(cfg: Any, command: str) -> list[str]:
         problems += reward_problems(cfg.grpo.rewards)
     if command == "fit" and cfg.stage == "sft":
         problems += batch_problems(cfg)
-        problems += metric_problems("trainer.val_metrics", cfg.trainer.val_metrics)
+        problems += metric_problems("trainer.val_metrics", cfg.trainer.val_metrics,
+                                    task=(list(cfg.data.tasks) or ["close_vqa"])[0])
     if not cfg.data.train and cfg.data.name != "demo":
         problems.append("'data.train' is empty: set data.train=<shards> (e.g. data.train='/data/train-{000000..000031}"
                         ".tar') or use data=demo")
