@@ -44,11 +44,17 @@ from typing import Any, Callable, Generic, Iterable, Mapping, TypeVar, overload
 
 from chexone.builtin_plugins import BUILTIN_METRICS, BUILTIN_REWARDS, BUILTIN_TASKS
 
+#: The plugin API this chexone provides (docs/plugins.md, "Public API and versions"). A plugin declares the version
+#: it was built for as ``CHEXONE_API_VERSION = 1`` in its package; another number is refused when selected.
+API_VERSION = 1
+
 __all__ = [
+    "API_VERSION",
     "AUTOLOAD_ENV",
     "DuplicateNameError",
     "METRICS",
     "PluginInfo",
+    "PluginIncompatibleError",
     "PluginLoadError",
     "PluginTypeError",
     "REGISTRIES",
@@ -116,6 +122,11 @@ class PluginLoadError(ImportError):
         return str(self.args[0]) if self.args else ""
 
 
+class PluginIncompatibleError(PluginLoadError):
+    """A plugin built for another chexone: its distribution requires another chexone version, or it declares another
+    plugin API version (``CHEXONE_API_VERSION``)."""
+
+
 class PluginTypeError(TypeError):
     """A registered object is not of the registry's kind (e.g. a task that is not a ``Task`` subclass)."""
 
@@ -141,6 +152,10 @@ class _Entry:
     value: Any = None
     #: Set on plugins ignored because a built-in has the name.
     shadowed: bool = field(default=False)
+    #: The distribution's requirement on chexone (e.g. ">=0.1,<0.2"), "" when it states none.
+    requires_chexone: str = ""
+    #: ``CHEXONE_API_VERSION`` found in the plugin's module or package once loaded (None = not declared).
+    api_version: int | None = None
 
     @property
     def dist_label(self) -> str:
@@ -169,8 +184,11 @@ class PluginInfo:
     distribution: str
     version: str
     origin: str
-    #: "ok", "not loaded", "shadowed by built-in", "conflict: ...", "error: ..."
+    #: "ok", "not loaded", "shadowed by built-in", "conflict: ...", "error: ...", "incompatible: ..."
     status: str = "ok"
+    #: The plugin API version the entry was built for: chexone's own for built-ins, the plugin's
+    #: ``CHEXONE_API_VERSION`` once loaded, "undeclared" or "" (not loaded).
+    api: str = ""
 
 
 def _import_target(spec: str) -> Any:
@@ -320,7 +338,7 @@ class Registry(Generic[T]):
             label = f"{dist_name}=={version}" if version else dist_name
             origin = f"{label} (entry point {ep.name} = {ep.value})"
             entry = _Entry(ep.name, "plugin", ep.value, origin, lazy=True, distribution=dist_name, version=version,
-                           entry_point=ep)
+                           entry_point=ep, requires_chexone=_chexone_requirement(dist))
             builtin = self._local.get(ep.name)
             if builtin is not None and builtin.source == BUILTIN:
                 entry.shadowed = True
@@ -408,6 +426,12 @@ class Registry(Generic[T]):
     def _load(self, entry: _Entry) -> Any:
         if entry.loaded:
             return entry.value
+        if entry.source == "plugin":
+            problem = version_problem(entry.requires_chexone)
+            if problem:
+                raise PluginIncompatibleError(
+                    f'Plugin "{entry.name}" ({entry.dist_label}) {problem} [entry point {entry.name} = '
+                    f"{entry.target} in group {self.group}]", name=entry.name, origin=entry.origin)
         if entry.lazy:
             try:
                 value = entry.entry_point.load() if entry.entry_point is not None else _import_target(entry.target)
@@ -424,6 +448,14 @@ class Registry(Generic[T]):
                 raise PluginLoadError(msg, name=entry.name, origin=entry.origin) from exc
         else:
             value = entry.target
+        if entry.source == "plugin":
+            entry.api_version = declared_api_version(str(entry.target))
+            if entry.api_version is not None and entry.api_version != API_VERSION:
+                raise PluginIncompatibleError(
+                    f'Plugin "{entry.name}" ({entry.dist_label}) was built for chexone plugin API '
+                    f"{entry.api_version}; this chexone ({_chexone_version() or 'source checkout'}) provides API "
+                    f"{API_VERSION}. Install a release of the plugin built for API {API_VERSION} (docs/plugins.md).",
+                    name=entry.name, origin=entry.origin)
         self._validate(entry.name, value, entry.origin)
         entry.value, entry.loaded = value, True
         return value
@@ -488,13 +520,21 @@ class Registry(Generic[T]):
                     status = "conflict with " + " and ".join(others)
                 elif load:
                     status = self._try_load(e)
+                elif e.source == "plugin" and (problem := version_problem(e.requires_chexone)):
+                    status = f"incompatible: {problem}"
                 else:
                     status = "ok" if e.loaded else "not loaded"
                 if e.source == "plugin":
                     dist, ver = e.distribution, e.version
                 else:
                     dist, ver = "chexone", _chexone_version()
-                rows.append(PluginInfo(name, self.kind, dist, ver, e.origin, status))
+                if e.source != "plugin":
+                    api = str(API_VERSION)
+                elif e.api_version is not None:
+                    api = str(e.api_version)
+                else:
+                    api = "undeclared" if e.loaded else ""
+                rows.append(PluginInfo(name, self.kind, dist, ver, e.origin, status, api))
         if any(r.status.startswith("conflict") for r in rows):
             names = sorted({r.name for r in rows if r.status.startswith("conflict")})
             warnings.warn(f"{self.group}: conflicting plugin names {names}; looking them up will fail.",
@@ -504,6 +544,9 @@ class Registry(Generic[T]):
     def _try_load(self, entry: _Entry) -> str:
         try:
             self._load(entry)
+        except PluginIncompatibleError as exc:
+            warnings.warn(f"{exc} (installed but not selected: ignored)", RegistryWarning, stacklevel=3)
+            return f"incompatible: {exc}"
         except (PluginLoadError, PluginTypeError) as exc:
             warnings.warn(f"{exc} (installed but not selected: ignored)", RegistryWarning, stacklevel=3)
             return f"error: {exc.__cause__ or exc}"
@@ -526,6 +569,52 @@ def _chexone_version() -> str:
         return md.version("chexone")
     except md.PackageNotFoundError:
         return ""
+
+
+def _chexone_requirement(dist: Any) -> str:
+    """The version specifier a distribution puts on chexone in its requirements ("" when none or unknown)."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    for line in (getattr(dist, "requires", None) or []):
+        try:
+            req = Requirement(line)
+        except InvalidRequirement:
+            continue
+        if req.name.lower().replace("_", "-") == "chexone" and not req.marker:
+            return str(req.specifier)
+    return ""
+
+
+def version_problem(specifier: str, version: str | None = None) -> str | None:
+    """Why a distribution requiring chexone ``specifier`` cannot run on the installed chexone, or None."""
+    if not specifier:
+        return None
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    version = version if version is not None else _chexone_version()
+    if not version:
+        return None  # a source checkout without metadata: nothing to compare
+    try:
+        ok = SpecifierSet(specifier).contains(version, prereleases=True)
+    except InvalidSpecifier:
+        return None
+    return None if ok else (f"requires chexone{specifier}, but chexone {version} is installed; install a release of "
+                            "the plugin made for this chexone")
+
+
+def declared_api_version(target: str) -> int | None:
+    """``CHEXONE_API_VERSION`` of a loaded plugin: in the module of its ``module:attr`` target, else in that module's
+    top-level package (None when neither declares it)."""
+    module_name = target.partition(":")[0].strip()
+    for name in (module_name, module_name.split(".")[0]):
+        module = sys.modules.get(name)
+        value = getattr(module, "CHEXONE_API_VERSION", None) if module is not None else None
+        if value is not None:
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                return -1  # not a version number: treated as incompatible
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------- validators
