@@ -86,3 +86,17 @@ def test_prompt_collator_left_pads(encoder):
     assert batch["attention_mask"][short, 0] == 0
     tail = encoder.tokenizer.decode(batch["input_ids"][0, -8:])
     assert tail.endswith("<|im_start|>assistant\n")
+
+
+def test_samples_their_task_refuses_are_skipped_and_counted(encoder, caplog):
+    good = Sample(id="ok", task="close_vqa", question="Is there a nodule?", answer="A", options=["Yes", "No"],
+                  images=[image()])
+    no_options = Sample(id="no-options", task="close_vqa", question="Is there a nodule?", answer="A", images=[image()])
+    bad_letter = Sample(id="bad-letter", task="close_vqa", question="Q?", answer="maybe", options=["Yes", "No"],
+                        images=[image()])
+    sft = SFTCollator(encoder, lookup, max_length=512)([no_options, good, bad_letter])
+    assert sft["num_samples"] == 1 and sft["skipped_invalid"] == 2
+    prompts = PromptCollator(encoder, lookup, reasoning="always")([no_options, good, bad_letter])
+    assert [s.id for s in prompts["samples"]] == ["ok"] and [s.id for s in prompts["invalid"]] == ["no-options",
+                                                                                                   "bad-letter"]
+    assert "skipping sample 'no-options' (task close_vqa)" in caplog.text and "needs 'options'" in caplog.text

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import torch
 
-from chexone.data.sample import Sample
+from chexone.data.sample import Sample, SampleError
 from chexone.model.processor import PromptEncoder
 from chexone.tasks.base import PromptStyle, Task
 
@@ -17,6 +17,18 @@ log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 REASONING_MODES = ("auto", "always", "never")
+
+
+_INVALID_SEEN = [0]
+
+
+def warn_invalid(sample: Sample, err: Exception) -> None:
+    """Warn about a sample its task refused (the first 5, then every 100th): it is skipped and counted, never fatal."""
+    _INVALID_SEEN[0] += 1
+    n = _INVALID_SEEN[0]
+    if n <= 5 or n % 100 == 0:
+        log.warning("skipping sample %r (task %s): %s (%d skipped so far%s)", sample.id, sample.task, err, n,
+                    "; further ones are logged every 100th" if n == 5 else "")
 
 
 def use_reasoning(sample: Sample, mode: str) -> bool:
@@ -95,9 +107,14 @@ class SFTCollator:
         return EncodedSample(ids, labels, prompt.pixel_values, prompt.image_grid_thw, len(prompt.input_ids))
 
     def __call__(self, samples: list[Sample]) -> dict[str, Any]:
-        encoded, kept, too_long = [], [], 0
+        encoded, kept, too_long, invalid = [], [], 0, 0
         for s in samples:
-            e = self.encode(s)
+            try:
+                e = self.encode(s)
+            except SampleError as err:  # the task cannot use this sample (e.g. multiple choice without options)
+                invalid += 1
+                warn_invalid(s, err)
+                continue
             if len(e.input_ids) > self.max_length:
                 too_long += 1
                 log.warning("sample %s has %d tokens > data.max_length=%d: skipped", s.id, len(e.input_ids),
@@ -105,7 +122,7 @@ class SFTCollator:
                 continue
             encoded.append(e)
             kept.append(s)
-        batch: dict[str, Any] = {"num_samples": len(encoded), "skipped_too_long": too_long}
+        batch: dict[str, Any] = {"num_samples": len(encoded), "skipped_too_long": too_long, "skipped_invalid": invalid}
         if not encoded:
             return batch
         pad_id = self.encoder.pad_token_id
@@ -134,11 +151,17 @@ class PromptCollator:
         self.max_prompt_length = max_prompt_length
 
     def __call__(self, samples: list[Sample]) -> dict[str, Any]:
-        encoded, kept, modes, texts = [], [], [], []
+        encoded, kept, modes, texts, invalid = [], [], [], [], []
         for s in samples:
             task = self.task_lookup(s.task)
             reasoning = use_reasoning(s, self.reasoning)
-            e = self.encoder.encode_prompt(task.messages(s, reasoning=reasoning, style=self.style), s.images)
+            try:
+                e = self.encoder.encode_prompt(task.messages(s, reasoning=reasoning, style=self.style), s.images)
+                task.answer_text(s)  # the reference answer must be usable too (rewards and metrics compare with it)
+            except SampleError as err:
+                invalid.append(s)
+                warn_invalid(s, err)
+                continue
             if len(e.input_ids) > self.max_prompt_length:
                 log.warning("prompt of sample %s has %d tokens > %d: skipped", s.id, len(e.input_ids),
                             self.max_prompt_length)
@@ -148,6 +171,7 @@ class PromptCollator:
             modes.append(reasoning)
             texts.append(task.user_text(s, reasoning=reasoning, style=self.style))
         batch: dict[str, Any] = {"samples": kept, "reasoning": modes, "prompts": texts, "num_samples": len(kept),
+                                 "invalid": invalid,
                                  "num_images": [len(s.images) for s in kept]}
         if not encoded:
             return batch

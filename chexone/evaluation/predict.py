@@ -116,7 +116,8 @@ class Predictor:
 
     @torch.no_grad()
     def predict(self, samples: list[Sample], *, with_consistency: bool = False) -> list[Prediction]:
-        """One :class:`Prediction` per sample, in order (samples whose prompt is too long are recorded as skipped)."""
+        """One :class:`Prediction` per sample, in order (samples whose prompt is too long are recorded as skipped;
+        samples their task refuses with a ``SampleError`` are left out and logged)."""
         batch = self.collate(samples)
         answered = {id(s): i for i, s in enumerate(batch["samples"])}
         texts: list[str] = []
@@ -131,7 +132,10 @@ class Predictor:
                 many = generate(self.model, self.encoder, batch, self.consistency).texts
                 extra = [many[i * k : (i + 1) * k] for i in range(len(texts))]
         records = []
+        refused = {id(s) for s in batch.get("invalid", [])}  # samples the task cannot use: skipped (logged), no record
         for s in samples:
+            if id(s) in refused:
+                continue
             i = answered.get(id(s))
             if i is None:
                 records.append(self.record(s, "", reasoning=use_reasoning(s, self.reasoning), truncated=False,

@@ -39,8 +39,8 @@ class SFTModule(ChexoneModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int):
         if not batch.get("num_samples"):
-            # Every sample of this micro-batch was too long: a zero loss that still touches the graph keeps
-            # DDP ranks in step.
+            # Every sample of this micro-batch was too long (or refused by its task): a zero loss that still touches
+            # the graph keeps DDP ranks in step.
             return sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
         loss, n_tokens = sft_loss(self.model, batch)
         self.add_to_step_loss(loss)
@@ -48,8 +48,9 @@ class SFTModule(ChexoneModule):
         bs = batch["num_samples"]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log("train/answer_tokens", float(n_tokens), reduce_fx="sum", batch_size=bs)
-        if batch.get("skipped_too_long"):
-            self.log("train/skipped_too_long", float(batch["skipped_too_long"]), reduce_fx="sum", batch_size=bs)
+        for key in ("skipped_too_long", "skipped_invalid"):
+            if batch.get(key):
+                self.log(f"train/{key}", float(batch[key]), reduce_fx="sum", batch_size=bs)
         return loss
 
     # ------------------------------------------------------------------ validation
