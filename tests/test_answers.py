@@ -73,3 +73,12 @@ def test_boxes_negative_and_malformed():
     assert parse_boxes(bad, strict_range=False)[0].coords == (10, 10, 150, 20)
     # swapped corners are normalised
     assert parse_boxes("<|ref|>x<|/ref|><|box|>(40,50),(10,20)<|/box|>")[0].coords == (10, 20, 40, 50)
+
+
+def test_a_malformed_box_does_not_swallow_the_next_one():
+    from chexone.tasks.answers import parse_boxes
+
+    text = ("<|ref|>nodule<|/ref|><|box|>(20,20)<|/box|>"
+            "<|ref|>nodule<|/ref|><|box|>(20,20),(60,60)<|/box|>")
+    boxes = parse_boxes(text)
+    assert [(b.name, b.coords) for b in boxes] == [("nodule", (20, 20, 60, 60))]

@@ -78,8 +78,9 @@ def parse_option_letters(text: str) -> set[str]:
 
 # ---------------------------------------------------------------- grounding boxes (0-99 percent grid)
 
+#: A ref name never contains a tag ("<|"): a malformed box must not swallow the next, well-formed one.
 _BOX_RE = re.compile(
-    r"<\|ref\|>(?P<name>.*?)<\|/ref\|>\s*<\|box\|>\s*\(\s*(?P<x1>-?\d+)\s*,\s*(?P<y1>-?\d+)\s*\)\s*,\s*"
+    r"<\|ref\|>(?P<name>(?:(?!<\|).)*?)<\|/ref\|>\s*<\|box\|>\s*\(\s*(?P<x1>-?\d+)\s*,\s*(?P<y1>-?\d+)\s*\)\s*,\s*"
     r"\(\s*(?P<x2>-?\d+)\s*,\s*(?P<y2>-?\d+)\s*\)\s*<\|/box\|>",
     re.S,
 )
