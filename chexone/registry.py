@@ -675,3 +675,6 @@ def refresh_plugins() -> None:
     """``refresh`` all three registries (after installing or removing a plugin in a running process)."""
     for reg in REGISTRIES.values():
         reg.refresh()
+    from chexone.config.load import forget_plugin_recipes  # the recipe directories plugins ship (chexone.recipes)
+
+    forget_plugin_recipes()

@@ -156,6 +156,7 @@ def test_packaged_recipes_come_first(tmp_path, monkeypatch):
         (d / "stage1_sft.yaml").write_text("# shadow\n")
         (d / "model" / "tiny.yaml").write_text("# shadow\n")
     monkeypatch.setenv("CHEXONE_RECIPES", str(tmp_path / "env"))
+    monkeypatch.setenv("CHEXONE_DISABLE_PLUGIN_AUTOLOAD", "1")  # installed plugins' recipe dirs would come second
     monkeypatch.chdir(tmp_path / "cwd")
 
     dirs = recipe_dirs()

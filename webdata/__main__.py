@@ -1,7 +1,8 @@
 """``python -m webdata``: the data commands.
 
-    python -m webdata.build SOURCE ...    real datasets -> shards (chexone, chexinstruct, mimic-cxr, chexpert-plus,
-                                          vindr-cxr, nih-boxes, ms-cxr); see docs/data.md
+    python -m webdata.build SOURCE ...    real datasets -> shards (chexone, chexinstruct, jsonl, mimic-cxr,
+                                          chexpert-plus, vindr-cxr, nih-boxes, ms-cxr, plugin sources); see
+                                          docs/data.md
     python -m webdata.reason ...          CheXReason-style reasoning traces from an OpenAI-compatible endpoint
     python -m webdata.demo ...            the synthetic demo shard sets
     python -m webdata.synthetic ...       synthetic files in the real datasets' layouts (tests, benchmarks)

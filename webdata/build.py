@@ -1,7 +1,10 @@
 """Build WebDataset shards from a real dataset: ``python -m webdata.build <source> --input ... --out shards/<name>``.
 
 Sources (``python -m webdata.build <source> --help`` lists each one's options; docs/data.md walks through them):
-chexone, chexinstruct, mimic-cxr, chexpert-plus, vindr-cxr, nih-boxes, ms-cxr.
+chexone, chexinstruct, jsonl (chexone's own sample schema, any registered task), mimic-cxr, chexpert-plus, vindr-cxr,
+nih-boxes, ms-cxr, and those of installed plugins (entry-point group ``chexone.sources``, listed by ``--help`` with
+their distribution; see :mod:`webdata.sources`). ``--task-map SRC=TASK`` targets must be registered tasks (built-ins
+and installed plugins'): anything else stops the build before anything is written.
 
 A build runs in three resumable phases, all state kept under ``OUT/.parts/``:
 
@@ -48,9 +51,10 @@ from pathlib import Path
 from typing import Any
 
 from chexone.data.sample import SCHEMA_VERSION, Sample
+from chexone.registry import DuplicateNameError, PluginLoadError, PluginTypeError, UnknownNameError
 from webdata.images import DEFAULT_MAX_PIXELS, WINDOW_MODES, ImageError, ImageLoader
-from webdata.sources import SOURCES, get_source
-from webdata.sources.common import InputError, RecordError, Skip, SplitIndex, Unit
+from webdata.sources import REGISTRY, get_source, source_label, source_names
+from webdata.sources.common import InputError, RecordError, Skip, SplitIndex, Unit, parse_task_map
 from webdata.writer import ShardWriter, _write_json, brace_pattern
 
 #: Version of the build machinery (plan/partition/finalize and the manifest); each source has its own version too.
@@ -100,9 +104,11 @@ def _common_parser() -> argparse.ArgumentParser:
                    help="zlib level of the stored PNGs (default 3: ~4x faster than 6 for ~10%% more bytes)")
     g = p.add_argument_group("tasks")
     g.add_argument("--task-map", action="append", default=[], metavar="SRC=TASK",
-                   help="map a source task name onto a task name (adds to the built-in table); repeatable")
+                   help="map a source task name onto a registered task name (built-in or an installed plugin's; "
+                        "adds to the built-in table); repeatable")
     g.add_argument("--unmapped-tasks", choices=["skip", "error", "keep"], default="skip",
-                   help="source task names outside the table: skip and count (default), stop, or keep as snake_case")
+                   help="source task names outside the table (jsonl: not registered): skip and count (default), "
+                        "stop before anything is written, or keep (snake_case; jsonl: as written)")
     g = p.add_argument_group("execution")
     g.add_argument("--workers", type=int, default=max(1, min(4, os.cpu_count() or 1)), metavar="N",
                    help="worker processes (default: min(4, CPUs))")
@@ -115,26 +121,61 @@ def _common_parser() -> argparse.ArgumentParser:
     return p
 
 
-def build_parser() -> argparse.ArgumentParser:
+_SOURCE_ERRORS = (PluginLoadError, PluginTypeError, DuplicateNameError)
+
+
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    """The command line. Plugin sources are imported only when ``selected`` (the source on the command line) or,
+    when no source is selected (``--help``), to list them; one that cannot be imported is then listed with its error.
+    Selecting a broken plugin source raises its ``PluginLoadError``."""
     parser = argparse.ArgumentParser(
         prog="python -m webdata.build", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Run 'python -m webdata.build SOURCE --help' for a source's options. See docs/data.md.")
+        epilog="Run 'python -m webdata.build SOURCE --help' for a source's options. Plugin sources are marked "
+               "[plugin: distribution==version]. See docs/data.md.")
     sub = parser.add_subparsers(dest="source", metavar="SOURCE", required=True)
     common = _common_parser()
-    for name in SOURCES:
-        cls = get_source(name)
-        sp = sub.add_parser(name, parents=[common], help=cls.description, description=(cls.__doc__ or "").strip(),
+    for name in source_names():
+        label = source_label(name)
+        tag = "" if label == "built-in" else f" [plugin: {label}]"
+        if name == selected or label == "built-in":
+            cls = get_source(name)
+        elif selected is not None:  # another source is selected: leave this plugin unimported
+            sub.add_parser(name, help=f"plugin source{tag}")
+            continue
+        else:
+            try:
+                cls = get_source(name)
+            except _SOURCE_ERRORS as e:
+                sub.add_parser(name, help=f"cannot be used: {e}")
+                continue
+        sp = sub.add_parser(name, parents=[common], help=f"{cls.description}{tag}",
+                            description=(cls.__doc__ or "").strip() + (f"\n\nFrom {label}." if tag else ""),
                             formatter_class=argparse.RawDescriptionHelpFormatter)
         cls.add_arguments(sp.add_argument_group(f"{name} options"))
     return parser
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    selected = next((a for a in argv if not a.startswith("-")), None)
+    if selected is not None and selected not in REGISTRY:
+        try:
+            REGISTRY.origin(selected)  # raises with did-you-mean and the available sources
+        except UnknownNameError as e:
+            raise BuildError(str(e)) from None
+    try:
+        parser = build_parser(selected)
+    except _SOURCE_ERRORS as e:  # the selected plugin source cannot be imported
+        raise BuildError(str(e)) from None
+    args = parser.parse_args(argv)
     for name in ("shard_size", "partition_size", "workers"):
         if getattr(args, name) < 1:
             raise BuildError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    try:  # before anything is written: every --task-map target is a registered task
+        parse_task_map(args.task_map)
+    except ValueError as e:
+        raise BuildError(str(e)) from None
     if not args.prefix:
         args.prefix = Path(args.out).resolve().name or args.source
     return args
@@ -454,6 +495,7 @@ def finalize(args: argparse.Namespace, out: Path, parts: Path, plan: dict[str, A
         "builder_version": BUILDER_VERSION,
         "source": args.source,
         "source_version": cls.version,
+        "source_origin": source_label(args.source),
         "dataset": cls.dataset,
         "arguments": fingerprint_args(args),
         "fingerprint": plan["fingerprint"],

@@ -29,6 +29,7 @@ from chexone.config.load import (
     list_recipes,
     load_config,
     recipe_dirs,
+    recipe_origin,
     type_name,
 )
 from chexone.config.schema import RecipeConfig
@@ -74,23 +75,31 @@ def _value_at(cfg: DictConfig, key: str) -> Any:
 
 
 def format_listing(command: str = "fit", dirs: Sequence[Path] | None = None) -> str:
-    """Available recipes (with the first line of their header comment) and config groups with their options."""
+    """Available recipes (with the first line of their header comment) and config groups with their options; those
+    of installed plugins (entry-point group ``chexone.recipes``) are marked ``[plugin: dist==version]``."""
     dirs = recipe_dirs() if dirs is None else list(dirs)
     recipes = list_recipes(dirs)
     groups = list_groups(dirs)
+
+    def tag(path: Path) -> str:
+        origin = recipe_origin(path)
+        return f"  [plugin: {origin}]" if origin else ""
+
     lines = [f"Recipes (python -m chexone.{command} recipe=NAME):"]
     width = max([len(n) for n in recipes] + [len(o) + 2 for g in groups.values() for o in g] + [8])
-    lines += [f"  {n:<{width}}  {header_line(p)}" for n, p in recipes.items()] or ["  (none)"]
+    lines += [f"  {n:<{width}}  {header_line(p)}{tag(p)}".rstrip() for n, p in recipes.items()] or ["  (none)"]
     lines.append("")
     lines.append("Config groups (select with GROUP=OPTION, e.g. model=tiny data=demo):")
     for g, opts in groups.items():
         lines.append(f"  {g}:")
-        lines += [f"    {o:<{width - 2}}  {header_line(p)}" for o, p in opts.items()]
+        lines += [f"    {o:<{width - 2}}  {header_line(p)}{tag(p)}".rstrip() for o, p in opts.items()]
     if not groups:
         lines.append("  (none)")
     lines.append("")
-    lines.append("Searched: " + (", ".join(display_path(d) for d in dirs) or "(no recipe directory found)"))
-    lines.append("More recipe directories: set CHEXONE_RECIPES=dir1:dir2, or pass recipe=/path/to/recipe.yaml.")
+    searched = [display_path(d) + (f" (plugin {recipe_origin(d)})" if recipe_origin(d) else "") for d in dirs]
+    lines.append("Searched: " + (", ".join(searched) or "(no recipe directory found)"))
+    lines.append("More recipe directories: set CHEXONE_RECIPES=dir1:dir2, pass recipe=/path/to/recipe.yaml, or install "
+                 "a plugin that ships recipes (entry-point group chexone.recipes, docs/plugins.md).")
     return "\n".join(lines)
 
 

@@ -61,23 +61,167 @@ class ConfigError(ValueError):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def recipe_dirs() -> list[Path]:
-    """Directories searched for recipes, in order: the recipes shipped with the package (``chexone/recipes`` of an
-    installed wheel, found through importlib.resources; in a source checkout or an editable install, the top-level
-    ``recipes/`` they are built from), then each entry of ``$CHEXONE_RECIPES`` (``os.pathsep``-separated), then
-    ``./recipes``. The first file found wins."""
+#: Entry-point group through which an installed distribution adds a directory of recipes (and config groups).
+RECIPES_GROUP = "chexone.recipes"
+
+
+@dataclasses.dataclass(frozen=True)
+class PluginRecipes:
+    """A recipe directory that an installed distribution declares in entry-point group ``chexone.recipes``."""
+
+    path: Path
+    distribution: str
+    version: str
+    #: "name = value" of the entry point
+    entry_point: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.distribution}=={self.version}" if self.version else self.distribution
+
+
+_plugin_recipes_cache: dict[tuple, list[PluginRecipes]] = {}
+
+
+def forget_plugin_recipes() -> None:
+    """Rescan plugin recipe directories on the next lookup (``chexone.registry.refresh_plugins`` calls it)."""
+    _plugin_recipes_cache.clear()
+
+
+def _packaged_recipes() -> Path:
+    """The recipes shipped with chexone (see :func:`recipe_dirs`)."""
     from importlib import resources
 
-    packaged: Path | None = None
     try:  # an installed wheel: pyproject.toml ships the top-level recipes/ as the package data chexone/recipes/
         found = resources.files("chexone").joinpath("recipes")
         if isinstance(found, Path) and found.is_dir():  # a real directory (not in a zip): recipes are read as files
-            packaged = found
+            return found
     except (ModuleNotFoundError, TypeError, OSError):
         pass
-    if packaged is None:  # a source checkout or an editable install: chexone/ sits beside the recipes/ it ships
-        packaged = Path(__file__).resolve().parents[2] / "recipes"
-    cands = [packaged]
+    # a source checkout or an editable install: chexone/ sits beside the recipes/ it ships
+    return Path(__file__).resolve().parents[2] / "recipes"
+
+
+def _entry_point_dir(ep: Any) -> Path:
+    """The directory an entry point of ``chexone.recipes`` names: a package (``my_plugin.recipes``: its directory,
+    found without importing anything) or an attribute holding a directory path (``my_plugin:RECIPES``, imported)."""
+    import importlib.util
+
+    if ep.attr:
+        obj = ep.load()
+        if not isinstance(obj, (str, os.PathLike)):
+            raise TypeError(f"{ep.value} must be a directory path (str or pathlib.Path), got {type(obj).__name__}")
+        path = Path(obj)
+    else:
+        top, *rest = ep.module.split(".")
+        spec = importlib.util.find_spec(top)  # finds a top-level package without importing it
+        if spec is None:
+            raise ModuleNotFoundError(f"No module named {top!r}")
+        locations = list(spec.submodule_search_locations or [])
+        if not locations:
+            raise ValueError(f"{ep.value} is a module, not a package: name the package whose directory holds the "
+                             "recipe files")
+        found = [Path(loc).joinpath(*rest) for loc in locations]
+        path = next((p for p in found if p.is_dir()), found[0])
+    if not path.is_dir():
+        raise NotADirectoryError(f"{path} is not a directory on disk (recipes are read as files)")
+    return path
+
+
+def _recipe_entries(d: Path) -> set[str]:
+    """Recipe names and ``group/option`` names a directory provides."""
+    if not d.is_dir():
+        return set()
+    names = {p.stem for p in _yaml_files(d)}
+    for sub in d.iterdir():
+        if sub.is_dir() and not sub.name.startswith((".", "_")):
+            names |= {f"{sub.name}/{p.stem}" for p in _yaml_files(sub)}
+    return names
+
+
+def _describe_entry(name: str) -> str:
+    group, sep, option = name.partition("/")
+    return f"config group option {group}={option}" if sep else f"recipe '{name}'"
+
+
+def plugin_recipe_dirs() -> list[PluginRecipes]:
+    """Recipe directories of installed distributions (entry-point group ``chexone.recipes``), sorted by distribution
+    name; [] when ``CHEXONE_DISABLE_PLUGIN_AUTOLOAD`` is set.
+
+    An entry point is a package whose directory holds recipe YAML files and config-group sub-directories, laid out
+    like the top-level ``recipes/``: ``my_plugin = "my_plugin.recipes"`` (found without importing the package). One
+    that cannot be used (no such package, not a directory) is skipped with a ``RegistryWarning`` naming the
+    distribution. A recipe or group option that a plugin shares with chexone's own recipes is ignored (built-ins
+    win); one that two plugins share comes from the first by distribution name. Both are warned about once. Cached
+    per ``sys.path``."""
+    import importlib.metadata as md
+    import sys
+    import warnings
+
+    from chexone.registry import RegistryWarning, autoload_disabled
+
+    if autoload_disabled():
+        return []
+    key = tuple(sys.path)
+    if key in _plugin_recipes_cache:
+        return _plugin_recipes_cache[key]
+    found: list[PluginRecipes] = []
+    seen: set[tuple[str, str]] = set()
+    for ep in md.entry_points(group=RECIPES_GROUP):
+        dist = getattr(ep, "dist", None)
+        name = (dist.metadata["Name"] if dist is not None else None) or "<unknown distribution>"
+        version = (dist.version if dist is not None else "") or ""
+        if (name, ep.value) in seen:  # the same distribution found twice on sys.path
+            continue
+        seen.add((name, ep.value))
+        label = f"{name}=={version}" if version else name
+        try:
+            path = _entry_point_dir(ep)
+        except Exception as e:  # noqa: BLE001 - a broken plugin must not break every recipe lookup: warned, skipped
+            warnings.warn(f'Recipe directory of plugin "{ep.name}" ({label}) is ignored: {type(e).__name__}: {e} '
+                          f"[entry point {ep.name} = {ep.value} in group {RECIPES_GROUP}]", RegistryWarning,
+                          stacklevel=2)
+            continue
+        found.append(PluginRecipes(path, name, version, f"{ep.name} = {ep.value}"))
+    found.sort(key=lambda p: (p.distribution.lower(), p.entry_point))
+    builtin = _recipe_entries(_packaged_recipes())
+    owner: dict[str, PluginRecipes] = {}
+    for plugin in found:
+        for entry in sorted(_recipe_entries(plugin.path)):
+            if entry in builtin:
+                warnings.warn(f"{_describe_entry(entry)} of plugin {plugin.label} ({plugin.path}) is ignored: chexone "
+                              "ships one of that name and built-ins win. Ask the plugin's authors to rename it.",
+                              RegistryWarning, stacklevel=2)
+            elif entry in owner:
+                first = owner[entry]
+                warnings.warn(f"{_describe_entry(entry)} is provided by two plugins, {first.label} ({first.path}) "
+                              f"and {plugin.label} ({plugin.path}); using {first.label}'s (the first by distribution "
+                              "name). Uninstall one or ask its authors to rename it.", RegistryWarning, stacklevel=2)
+            else:
+                owner[entry] = plugin
+    _plugin_recipes_cache[key] = found
+    return found
+
+
+def recipe_origin(path: Path) -> str | None:
+    """The plugin (``dist==version``) whose recipe directory holds ``path`` (a recipe file, a group file or the
+    directory itself); None for chexone's own recipes and other directories."""
+    p = Path(path).resolve()
+    for plugin in plugin_recipe_dirs():
+        root = plugin.path.resolve()
+        if p == root or root in p.parents:
+            return plugin.label
+    return None
+
+
+def recipe_dirs() -> list[Path]:
+    """Directories searched for recipes, in order: the recipes shipped with the package (``chexone/recipes`` of an
+    installed wheel, found through importlib.resources; in a source checkout or an editable install, the top-level
+    ``recipes/`` they are built from), then the recipe directories of installed plugins (entry-point group
+    ``chexone.recipes``, sorted by distribution name: :func:`plugin_recipe_dirs`), then each entry of
+    ``$CHEXONE_RECIPES`` (``os.pathsep``-separated), then ``./recipes``. The first file found wins."""
+    cands = [_packaged_recipes()]
+    cands += [p.path for p in plugin_recipe_dirs()]
     cands += [Path(p).expanduser() for p in os.environ.get(RECIPES_ENV, "").split(os.pathsep) if p.strip()]
     cands.append(Path.cwd() / "recipes")
     out: list[Path] = []

@@ -23,6 +23,7 @@ from typing import Any
 
 from chexone.data.sample import Sample
 from webdata.sources.common import (
+    InputError,
     RecordError,
     Skip,
     Source,
@@ -52,7 +53,8 @@ def study_ids(value: Any) -> dict[str, list[str]]:
 class CheXinstructSource(Source):
     name = "chexinstruct"
     dataset = "CheXinstruct"
-    version = "2"
+    #: 3: options of plugin tasks (and of --unmapped-tasks keep) re-lettered too; "A. text" option lines
+    version = "3"
     description = "CheXinstruct JSON(L) records (task_name, image_path, qa_pair)"
 
     @classmethod
@@ -81,6 +83,12 @@ class CheXinstructSource(Source):
             if not paths:
                 yield Skip(where, "no_image", "text-only record (no image_path)")
                 continue
+            name = rec.get("task_name")
+            if self.mapper.unmapped == "error" and isinstance(name, str) and name:
+                try:  # stop while planning, before anything is written
+                    self.mapper(name, where)
+                except ValueError as e:
+                    raise InputError(str(e)) from None
             yield where, str(rec.get("unique_id") or where), rec, paths
 
     def plan(self, split: str | None, index: SplitIndex) -> Iterator[Unit | Skip]:

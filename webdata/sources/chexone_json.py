@@ -25,6 +25,7 @@ from typing import Any
 from chexone.data.sample import Sample
 from chexone.tasks.answers import extract_boxed
 from webdata.sources.common import (
+    InputError,
     RecordError,
     Skip,
     Source,
@@ -83,10 +84,17 @@ def image_paths(record: dict[str, Any], key: str, where: str) -> list[str]:
     return out
 
 
+def source_task_of(record: dict[str, Any]) -> str:
+    """The record's task name: ``task_name``, else the first bracket of ``unique_id`` ('' when neither)."""
+    brackets = _BRACKETS.findall(str(record.get("unique_id", "")))
+    return str(record.get("task_name") or (brackets[0] if brackets else ""))
+
+
 class CheXOneJSONSource(Source):
     name = "chexone"
     dataset = "CheXOne"
-    version = "2"
+    #: 3: options of plugin tasks (and of --unmapped-tasks keep) re-lettered too; "A. text" option lines
+    version = "3"
     description = "CheXOne/ms-swift JSON(L) release (messages/images/solution/task_name)"
 
     @classmethod
@@ -111,6 +119,13 @@ class CheXOneJSONSource(Source):
             except RecordError as e:
                 yield Skip(where, e.reason, str(e))
                 continue
+            if self.mapper.unmapped == "error":  # stop while planning, before anything is written
+                name = source_task_of(rec)
+                if name:
+                    try:
+                        self.mapper(name, where)
+                    except ValueError as e:
+                        raise InputError(str(e)) from None
             yield where, str(rec.get("unique_id") or rec.get("id") or where), rec, paths
 
     def plan(self, split: str | None, index: SplitIndex) -> Iterator[Unit | Skip]:
@@ -126,7 +141,7 @@ class CheXOneJSONSource(Source):
 
     def convert_record(self, uid: str, rec: dict[str, Any], where: str, images: list[Any]) -> Sample:
         brackets = _BRACKETS.findall(str(rec.get("unique_id", "")))
-        source_task = rec.get("task_name") or (brackets[0] if brackets else "")
+        source_task = source_task_of(rec)
         if not source_task:
             raise RecordError(f"{where}: no task_name and no [Task] in unique_id", "missing_field")
         task = self.mapper(source_task, where)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import codecs
 import csv
+import difflib
 import gzip
 import json
 import os
@@ -27,6 +28,14 @@ from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
 from chexone.data.sample import Sample
+from chexone.registry import (
+    AUTOLOAD_ENV,
+    TASKS,
+    DuplicateNameError,
+    PluginLoadError,
+    PluginTypeError,
+    autoload_disabled,
+)
 from chexone.tasks.answers import clamp_grid, format_boxes, option_letter, parse_boxes
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -131,8 +140,59 @@ def task_key(name: str) -> str:
     return " ".join(re.sub(r"[^a-z0-9]+", " ", str(name).lower()).split())
 
 
+def unknown_task_message(name: str) -> str:
+    """One line saying that ``name`` is no registered task (built-ins + installed plugins), with did-you-mean
+    suggestions (the alias table first: ``Close-Ended VQA`` -> ``close_vqa``) and the registered names."""
+    known = TASKS.names()
+    suggestions: list[str] = []
+    alias = TASK_ALIASES.get(task_key(name))
+    if alias:
+        suggestions.append(alias)
+    for s in difflib.get_close_matches(str(name), known, n=3, cutoff=0.6):
+        if s not in suggestions:
+            suggestions.append(s)
+    msg = f'unknown task "{name}"'
+    if suggestions:
+        msg += " (did you mean " + " or ".join(f'"{s}"' for s in suggestions) + "?)"
+    msg += f"; registered tasks: {', '.join(known)}"
+    if autoload_disabled():
+        msg += f" (plugin tasks are ignored because {AUTOLOAD_ENV} is set)"
+    else:
+        msg += " (a plugin adds tasks through entry-point group chexone.tasks, see docs/plugins.md)"
+    return msg
+
+
+def check_task(name: str) -> None:
+    """Raise ValueError (one line) unless ``name`` is a registered task whose class can be imported."""
+    if name not in TASKS:
+        raise ValueError(unknown_task_message(name))
+    if name in BUILTIN_TASK_NAMES:
+        return
+    try:
+        TASKS.get(name)  # a plugin task: import it now, so a broken plugin stops the build before anything is written
+    except (PluginLoadError, PluginTypeError, DuplicateNameError) as e:
+        raise ValueError(str(e)) from None
+
+
+def parse_task_map(items: Iterable[str]) -> dict[str, str]:
+    """``--task-map SRC=TASK`` items -> {task_key(SRC): TASK}. Each TASK must be a registered task (built-in or an
+    installed plugin's): otherwise ValueError with one line naming the item, with did-you-mean suggestions."""
+    table: dict[str, str] = {}
+    for item in items:
+        src, sep, dst = str(item).partition("=")
+        if not sep or not src.strip() or not dst.strip():
+            raise ValueError(f"--task-map {item!r}: expected SOURCE_NAME=task_name")
+        try:
+            check_task(dst.strip())
+        except ValueError as e:
+            raise ValueError(f"--task-map {item!r}: {e}") from None
+        table[task_key(src)] = dst.strip()
+    return table
+
+
 class TaskMapper:
-    """Maps source task names onto our vocabulary: built-in aliases, then ``--task-map SRC=ours`` overrides.
+    """Maps source task names onto our vocabulary: built-in aliases, then ``--task-map SRC=ours`` overrides (whose
+    targets must be registered tasks, see :func:`parse_task_map`).
 
     ``unmapped``: "skip" (count and drop), "error" (stop the build), or "keep" (keep the name in snake_case, for
     tasks a plugin registers).
@@ -143,11 +203,7 @@ class TaskMapper:
             raise ValueError(f"unmapped must be skip|error|keep, got {unmapped!r}")
         self.unmapped = unmapped
         self.table = dict(TASK_ALIASES)
-        for item in overrides:
-            src, sep, dst = str(item).partition("=")
-            if not sep or not src.strip() or not dst.strip():
-                raise ValueError(f"--task-map {item!r}: expected SOURCE_NAME=task_name")
-            self.table[task_key(src)] = dst.strip()
+        self.table.update(parse_task_map(overrides))
 
     def __call__(self, name: str, where: str = "?") -> str | None:
         """Our task name, or None when the sample should be skipped (``unmapped == "skip"``)."""
@@ -162,14 +218,34 @@ class TaskMapper:
         return None
 
 
+def registered_family(task: str) -> str | None:
+    """The ``family`` of a registered task that is not built-in (a plugin's), None when no installed package
+    registers ``task``. A plugin that cannot be imported is a RecordError (reason ``task_import_error``)."""
+    if task not in TASKS:
+        return None
+    try:
+        cls = TASKS.get(task)
+    except (PluginLoadError, PluginTypeError, DuplicateNameError) as e:
+        raise RecordError(str(e), "task_import_error") from None
+    return str(getattr(cls, "family", "") or "")
+
+
 def task_family(task: str) -> str:
+    """How a converter treats ``task``: "multiple_choice" | "grounding" | "report" | "open" for built-ins;
+    "multiple_choice" for a plugin task whose ``Task.family`` is "multiple_choice", "plugin" for other plugin tasks;
+    "unknown" for a name no installed package registers (kept with ``--unmapped-tasks keep``)."""
     if task in MULTIPLE_CHOICE_TASKS:
         return "multiple_choice"
     if task in GROUNDING_TASKS:
         return "grounding"
     if task in REPORT_TASKS:
         return "report"
-    return "open"
+    if task in BUILTIN_TASK_NAMES:
+        return "open"
+    family = registered_family(task)
+    if family is None:
+        return "unknown"
+    return "multiple_choice" if family == "multiple_choice" else "plugin"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -178,7 +254,11 @@ def task_family(task: str) -> str:
 
 _LABEL = r"(?:[A-Za-z]|[1-9][0-9]?)"
 _OPTION_LINE = re.compile(rf"^\s*\(({_LABEL})\)\s*(\S.*?)\s*$")
+#: ``A. text`` / ``A) text`` / ``a) text`` option lines (letters only: ``1.`` lines are usually numbered steps).
+_LETTER_OPTION_LINE = re.compile(r"^\s*([A-Za-z])([.)])\s+(\S.*?)\s*$")
 _PAREN_LABEL = re.compile(rf"\(({_LABEL})\)")
+#: An answer naming one option by a ``B.`` / ``b)`` label, optionally followed by the option text.
+_LETTER_ANSWER = re.compile(rf"^\s*({_LABEL})[.)](?:\s+.*)?$", re.S)
 _OPTIONS_HEADER = re.compile(r"\s*\bOptions\s*:\s*$", re.I)
 
 
@@ -199,17 +279,33 @@ class Choices:
     def is_identity(self) -> bool:
         return all(k == v for k, v in self.mapping.items())
 
+    def label(self, text: str) -> str | None:
+        """The original label ``text`` names: exactly, or ignoring case when no two labels differ only in case."""
+        if text in self.mapping:
+            return text
+        folded = {lab.lower(): lab for lab in self.labels}
+        if len(folded) == len(self.labels):
+            return folded.get(text.lower())
+        return None
 
-def split_options(question: str) -> Choices | None:
-    """Find ``(X) text`` option lines (X = A-Z, a-z or 1-26, in any order, as CheXinstruct randomised them).
 
-    Returns None when there are fewer than two option lines or labels repeat. The stem is the question without the
-    option lines (and without a dangling ``Options:``, which is put back as the stem's last line so that the rendered
-    question reads "... Options:\\n(A) ...").
-    """
-    lines = question.splitlines()
-    labels, texts, stem_lines = [], [], []
+def _stem(stem_lines: list[str]) -> str:
+    """The question without its option lines; a dangling ``Options:`` goes back as the stem's last line."""
+    cleaned = []
     had_header = False
+    for line in stem_lines:
+        if _OPTIONS_HEADER.search(line):
+            had_header = True
+            line = _OPTIONS_HEADER.sub("", line)
+        if line.strip():
+            cleaned.append(line.rstrip())
+    if had_header:
+        cleaned.append("Options:")
+    return "\n".join(cleaned).strip()
+
+
+def _paren_options(lines: list[str]) -> Choices | None:
+    labels, texts, stem_lines = [], [], []
     for line in lines:
         m = _OPTION_LINE.match(line)
         if m:
@@ -219,29 +315,67 @@ def split_options(question: str) -> Choices | None:
             stem_lines.append(line)
     if len(labels) < 2 or len(set(labels)) != len(labels) or len(labels) > 26:
         return None
-    cleaned = []
-    for line in stem_lines:
-        if _OPTIONS_HEADER.search(line):
-            had_header = True
-            line = _OPTIONS_HEADER.sub("", line)
-        if line.strip():
-            cleaned.append(line.rstrip())
-    if had_header:
-        cleaned.append("Options:")
-    return Choices("\n".join(cleaned).strip(), labels, texts)
+    return Choices(_stem(stem_lines), labels, texts)
+
+
+def _letter_options(lines: list[str]) -> Choices | None:
+    """One block of consecutive ``A. text`` / ``a) text`` lines lettered a, b, c, ... in order (one case, one
+    punctuation). Two such blocks are ambiguous (None)."""
+    blocks: list[tuple[int, int]] = []
+    i = 0
+    while i < len(lines):
+        m = _LETTER_OPTION_LINE.match(lines[i])
+        if not m or m.group(1) not in "aA":
+            i += 1
+            continue
+        first, punct = m.group(1), m.group(2)
+        j = i + 1
+        while j < len(lines) and j - i < 26:
+            n = _LETTER_OPTION_LINE.match(lines[j])
+            if not n or n.group(2) != punct or n.group(1) != chr(ord(first) + (j - i)):
+                break
+            j += 1
+        if j - i >= 2:
+            blocks.append((i, j))
+        i = j
+    if len(blocks) != 1:
+        return None
+    i, j = blocks[0]
+    found = [_LETTER_OPTION_LINE.match(line) for line in lines[i:j]]
+    return Choices(_stem(lines[:i] + lines[j:]), [m.group(1) for m in found], [m.group(3) for m in found])
+
+
+def split_options(question: str) -> Choices | None:
+    """Find the options of a multiple-choice question: ``(X) text`` lines (X = A-Z, a-z or 1-26, in any order, as
+    CheXinstruct randomised them), else one block of consecutive ``A. text`` / ``A) text`` / ``a) text`` lines
+    lettered in order.
+
+    Returns None when there are fewer than two option lines or labels repeat. The stem is the question without the
+    option lines (and without a dangling ``Options:``, which is put back as the stem's last line so that the rendered
+    question reads "... Options:\\n(A) ...").
+    """
+    lines = question.splitlines()
+    return _paren_options(lines) or _letter_options(lines)
 
 
 def reletter_answer(answer: str, choices: Choices) -> list[str]:
     """The new letters (sorted) of the options an answer names.
 
-    Accepted answer forms: ``(q) text, (c) text`` / ``(q), (c)`` (labels in parentheses), bare labels ``q, c``, or
-    the option texts themselves. Raises RecordError when the answer names no option or an unknown label.
+    Accepted answer forms: ``(q) text, (c) text`` / ``(q), (c)`` (labels in parentheses), ``B. text`` / ``b)``
+    (one label and its punctuation), bare labels ``q, c``, or the option texts themselves. Letter labels match
+    regardless of case when the options' labels do not differ only in case. Raises RecordError when the answer names
+    no option or an unknown label.
     """
     mapping = choices.mapping
     found = [lab for lab in _PAREN_LABEL.findall(answer) if lab in mapping]
     if not found:
-        parts = [p.strip().strip(".") for p in re.split(r"\s*,\s*", answer.strip())]
-        if parts and all(p in mapping for p in parts):
+        m = _LETTER_ANSWER.match(answer)
+        label = choices.label(m.group(1)) if m else None
+        if label is not None:
+            found = [label]
+    if not found:
+        parts = [choices.label(p.strip().strip(".")) for p in re.split(r"\s*,\s*", answer.strip())]
+        if parts and all(p is not None for p in parts):
             found = parts
     if not found:
         lowered = [t.strip().lower() for t in choices.options]
@@ -689,7 +823,7 @@ def group_by_images(items: Iterable[tuple[str, str, Any, list[str]] | Skip], gro
             continue
         where, uid, rec, paths = item
         if uid in seen:
-            yield Skip(where, "duplicate_id", f"unique_id {uid!r} appeared before")
+            yield Skip(where, "duplicate_id", f"id {uid!r} appeared before")
             continue
         seen.add(uid)
         ids = merge_ids(*(ids_from_path(p) for p in paths))
@@ -773,12 +907,20 @@ def strip_prompt(question: str) -> tuple[str, bool]:
 
 
 def qa_sample(*, sample_id: str, task: str, question: str, answer: str, images: list[Any], dataset: str,
-              where: str, reasoning: str | None = None, meta: dict[str, Any] | None = None) -> Sample:
-    """One question/answer record as a Sample of ``task`` (one of ours): multiple choice re-lettered to (A)...,
-    grounding answers normalised (0-99 grid, sorted), text answers stripped.
+              where: str, reasoning: str | None = None, meta: dict[str, Any] | None = None,
+              options: list[str] | None = None, no_options: str = "open_vqa") -> Sample:
+    """One question/answer record as a Sample of ``task``: multiple choice re-lettered to (A)..., grounding answers
+    normalised (0-99 grid, sorted), text answers stripped.
 
-    A multiple-choice task whose question lists no ``(X) option`` lines becomes ``open_vqa`` (e.g. CheXinstruct's
-    "Perform disease classification" without options). Raises RecordError naming ``where``.
+    Multiple choice (a built-in multiple-choice task, or a plugin task whose ``Task.family`` is "multiple_choice"):
+    the options are ``options`` when given (their labels are A, B, ...), else the ``(X) text`` / ``A. text`` lines of
+    the question (:func:`split_options`), which move out of the question into ``options``; the answer becomes letters
+    (``B`` / ``A,C``) and a reasoning trace's ``(x)`` labels follow. A built-in multiple-choice task without options
+    becomes ``open_vqa`` (``no_options="open_vqa"``, e.g. CheXinstruct's "Perform disease classification") or is
+    refused (``no_options="skip"``: RecordError ``missing_options``); a plugin task without options is kept as it is
+    (it may have fixed options, like the example plugin's Yes/No task). A task no installed package registers (kept
+    with ``--unmapped-tasks keep``) is treated the same way when its answer names one of the options, else left as it
+    is. Other tasks keep their question, and ``options`` pass through. Raises RecordError naming ``where``.
     """
     question, _ = strip_prompt(question)
     answer = (answer or "").strip()
@@ -786,27 +928,44 @@ def qa_sample(*, sample_id: str, task: str, question: str, answer: str, images: 
         raise RecordError(f"{where}: empty question", "empty_field")
     if not answer:
         raise RecordError(f"{where}: empty answer", "empty_field")
+    if no_options not in ("open_vqa", "skip"):
+        raise ValueError(f"no_options must be open_vqa|skip, got {no_options!r}")
     meta = dict(meta or {})
-    options: list[str] = []
-    family = task_family(task)
-    if family == "multiple_choice":
-        choices = split_options(question)
-        if choices is None:
-            task, family = "open_vqa", "open"
-            meta["source_task_family"] = "multiple_choice"
-        else:
+    given = [str(o).strip() for o in options or []]
+    out_options: list[str] = list(given)
+    try:
+        family = task_family(task)
+    except RecordError as e:
+        raise RecordError(f"{where}: {e}", e.reason) from None
+    if family in ("multiple_choice", "unknown"):
+        embedded = split_options(question)
+        if given and embedded is not None:
+            raise RecordError(f"{where}: the options are given twice, in 'options' and as lines of the question "
+                              f"({', '.join(f'({lab})' for lab in embedded.labels)}); give them once",
+                              "options_twice")
+        choices = Choices(question, [option_letter(i) for i in range(len(given))], given) if given else embedded
+        letters = None
+        if choices is not None:
             try:
                 letters = reletter_answer(answer, choices)
             except RecordError as e:
-                raise RecordError(f"{where}: {e}", e.reason) from None
-            question, options, answer = choices.stem, choices.options, ",".join(letters)
+                if family == "multiple_choice":
+                    raise RecordError(f"{where}: {e}", e.reason) from None
+        if letters is not None:
+            question, out_options, answer = choices.stem, choices.options, ",".join(letters)
             if reasoning and not choices.is_identity:
                 reasoning = reletter_text(reasoning, choices)
+        elif choices is None and task in MULTIPLE_CHOICE_TASKS:
+            if no_options == "skip":
+                raise RecordError(f"{where}: task {task!r} is multiple choice but the record has no options (neither "
+                                  "an 'options' list nor '(A) ...' lines in the question)", "missing_options")
+            task = "open_vqa"
+            meta["source_task_family"] = "multiple_choice"
     elif family == "grounding":
         answer, boxes, name = normalise_box_answer(answer, where)
         meta["boxes"] = boxes
         if name:
             meta["ref_name"] = name
     return Sample(id=sample_id, task=task, question=question, answer=answer,
-                  images=[im.image if hasattr(im, "image") else im for im in images], options=options,
+                  images=[im.image if hasattr(im, "image") else im for im in images], options=out_options,
                   reasoning=(reasoning or None), dataset=dataset, meta=meta)
