@@ -170,15 +170,24 @@ def csv_input(tmp_path: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------------- recipes
+def ours(entries):
+    """Only the plugin recipe directories these tests installed (other plugins may be installed in the venv)."""
+    return [p for p in entries if p.distribution.startswith("cxp-")]
+
+
+def foreign_dirs():
+    return {p.path.resolve() for p in plugin_recipe_dirs() if not p.distribution.startswith("cxp-")}
+
+
 def test_plugin_recipe_directory_is_searched_after_the_packaged_one(install, tmp_path, monkeypatch):
     root = bench_plugin(install)
     env = tmp_path / "env_recipes"
     env.mkdir()
     monkeypatch.setenv("CHEXONE_RECIPES", str(env))
-    dirs = recipe_dirs()
+    dirs = [d.resolve() for d in recipe_dirs() if d.resolve() not in foreign_dirs()]
     plugin_dir = (root / "cxp_bench" / "recipes").resolve()
-    assert [d.resolve() for d in dirs[:3]] == [config_load._packaged_recipes().resolve(), plugin_dir, env.resolve()]
-    assert [(p.distribution, p.version, p.entry_point) for p in plugin_recipe_dirs()] == [
+    assert dirs[:3] == [config_load._packaged_recipes().resolve(), plugin_dir, env.resolve()]
+    assert [(p.distribution, p.version, p.entry_point) for p in ours(plugin_recipe_dirs())] == [
         ("cxp-bench", "0.3", "cxp-bench = cxp_bench.recipes")]
 
     assert find_recipe("eval_cxp_bench").resolve() == plugin_dir / "eval_cxp_bench.yaml"
@@ -209,7 +218,7 @@ def test_recipe_clashes_builtins_win_and_two_plugins_are_reported(install):
     root = bench_plugin(install, name="cxp-aaa-bench")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        dirs = plugin_recipe_dirs()
+        dirs = ours(plugin_recipe_dirs())
     assert [p.distribution for p in dirs] == ["cxp-aaa-bench", "cxp-zzz-other"]  # sorted by distribution name
     messages = [str(w.message) for w in caught if issubclass(w.category, RegistryWarning)]
     assert any("recipe 'stage1_sft' of plugin cxp-zzz-other==1.0" in m and "built-ins win" in m for m in messages)
@@ -223,7 +232,7 @@ def test_recipe_entry_point_may_name_a_directory_attribute(install):
     root = install("cxp-attr", "1.1", {"chexone.recipes": {"cxp-attr": "cxp_attr:RECIPES"}}, {
         "cxp_attr.py": "from pathlib import Path\nRECIPES = Path(__file__).parent / 'cxp_attr_recipes'\n",
         "cxp_attr_recipes/eval_cxp_attr.yaml": "# An attribute-declared recipe.\n"})
-    assert [(p.path, p.label) for p in plugin_recipe_dirs()] == [(root / "cxp_attr_recipes", "cxp-attr==1.1")]
+    assert [(p.path, p.label) for p in ours(plugin_recipe_dirs())] == [(root / "cxp_attr_recipes", "cxp-attr==1.1")]
     assert find_recipe("eval_cxp_attr") == root / "cxp_attr_recipes" / "eval_cxp_attr.yaml"
 
 
@@ -233,7 +242,7 @@ def test_broken_recipe_entry_point_is_warned_about_and_skipped(install):
             {"cxp_plain.py": "X = 1\n"})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert plugin_recipe_dirs() == []
+        assert ours(plugin_recipe_dirs()) == []
         assert find_recipe("stage1_sft")  # everything else still works
     messages = [str(w.message) for w in caught if issubclass(w.category, RegistryWarning)]
     assert any(m.startswith('Recipe directory of plugin "broken" (cxp-broken-recipes==2.0) is ignored: '
