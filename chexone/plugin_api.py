@@ -20,6 +20,10 @@ name                      what
 ``TASKS`` …               the registries (``REWARDS``, ``METRICS``) for registering from code
 ``RewardError``           raised for unusable reward values (see the reward contract)
 ========================  ==============================================================================
+
+``chexone.testing`` is public too: the conformance kit (tiny samples and images, ``assert_task_conforms``,
+``assert_reward_conforms``, ``assert_metric_conforms``) that ``python -m chexone.plugins check`` runs, for a
+plugin's own tests. It is a module of its own, not re-exported here, so that importing this one stays light.
 """
 
 from __future__ import annotations
