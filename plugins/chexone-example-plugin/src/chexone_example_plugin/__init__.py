@@ -6,5 +6,8 @@ and imports ``tasks``, ``rewards`` or ``metrics`` only when a recipe selects one
 
 __version__ = "0.1.0"
 
+#: The chexone plugin API this package was written for; chexone refuses the plugin if its own API differs.
+CHEXONE_API_VERSION = 1
+
 #: The task this plugin owns; its reward returns None for samples of any other task.
 TASK_NAME = "example_yes_no"
