@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 #: Default pixel budget per image: the reference training setting (512 x 512), docs/method.md §1.
 DEFAULT_MAX_PIXELS = 262144
@@ -249,16 +249,18 @@ def dicom_to_array(ds: Any, *, window: str = "auto", source: str = "?") -> np.nd
     return to_uint8(1.0 - unit if invert else unit)[index]
 
 
-def load_dicom(path: str | os.PathLike, *, window: str = "auto") -> Image.Image:
-    """Read a DICOM file and return its 8-bit grayscale image (full resolution)."""
+def load_dicom(path: str | os.PathLike | io.BytesIO, *, window: str = "auto", source: str | None = None) -> Image.Image:
+    """Read a DICOM file (a path, or its bytes in a ``BytesIO``) and return its 8-bit grayscale image (full
+    resolution). ``source`` names the input in errors (default: the path)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    source = source or str(path)
     try:
         ds = pydicom.dcmread(path, force=True)
-    except (InvalidDicomError, OSError, ValueError, EOFError, AttributeError, KeyError) as e:
-        raise ImageError(f"{path}: not a readable DICOM file: {type(e).__name__}: {e}") from e
-    return Image.fromarray(dicom_to_array(ds, window=window, source=str(path)), mode="L")
+    except (InvalidDicomError, OSError, ValueError, EOFError, AttributeError, KeyError, TypeError) as e:
+        raise ImageError(f"{source}: not a readable DICOM file: {type(e).__name__}: {e}") from e
+    return Image.fromarray(dicom_to_array(ds, window=window, source=source), mode="L")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -293,6 +295,15 @@ def load_raster(path: str | os.PathLike, *, window: str = "auto", max_pixels: in
     try:
         with open(path, "rb") as f:
             data = f.read()
+    except OSError as e:
+        raise ImageError(f"{path}: cannot read image: {type(e).__name__}: {e}") from e
+    return decode_raster(data, source=str(path), window=window, max_pixels=max_pixels)
+
+
+def decode_raster(data: bytes, *, source: str, window: str = "auto", max_pixels: int = 0
+                  ) -> tuple[Image.Image, tuple[int, int]]:
+    """:func:`load_raster` on bytes already in memory; ``source`` names them in errors."""
+    try:
         image = Image.open(io.BytesIO(data))
         original = image.size
         if image.format == "JPEG":
@@ -303,8 +314,10 @@ def load_raster(path: str | os.PathLike, *, window: str = "auto", max_pixels: in
                 if w * 2 <= image.width and h * 2 <= image.height:
                     image.draft(image.mode, (w, h))
         image.load()
+    except UnidentifiedImageError as e:
+        raise ImageError(f"{source}: cannot decode image: not a recognised image format") from e
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageError(f"{path}: cannot decode image: {type(e).__name__}: {e}") from e
+        raise ImageError(f"{source}: cannot decode image: {type(e).__name__}: {e}") from e
     if image.format == "JPEG":
         image = ImageOps.exif_transpose(image)
     return normalise_mode(image, window=window), original
@@ -340,6 +353,29 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     if image.width < 1 or image.height < 1:
         raise ImageError(f"{path}: empty image")
     return LoadedImage(resize_to_budget(image, max_pixels, size=fit_size(*original, max_pixels)), original, path)
+
+
+def is_dicom_bytes(data: bytes) -> bool:
+    """The DICOM Part 10 'DICM' magic at byte 128."""
+    return data[128:132] == b"DICM"
+
+
+def load_image_bytes(data: bytes, *, source: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS,
+                     window: str = "auto") -> LoadedImage:
+    """:func:`load_image` for an image already in memory (an upload, a data URL): DICOM (recognised by its magic) or
+    any raster PIL decodes; ``source`` names it in errors and in ``LoadedImage.path``."""
+    if window not in WINDOW_MODES:
+        raise ValueError(f"window must be one of {WINDOW_MODES}, got {window!r}")
+    if not data:
+        raise ImageError(f"{source}: empty image data")
+    if is_dicom_bytes(data):
+        image = load_dicom(io.BytesIO(data), window=window, source=source)
+        original = image.size
+    else:
+        image, original = decode_raster(data, source=source, window=window, max_pixels=max_pixels)
+    if image.width < 1 or image.height < 1:
+        raise ImageError(f"{source}: empty image")
+    return LoadedImage(resize_to_budget(image, max_pixels, size=fit_size(*original, max_pixels)), original, source)
 
 
 class ImageLoader:

@@ -175,11 +175,17 @@ class PromptCollator:
                                  "num_images": [len(s.images) for s in kept]}
         if not encoded:
             return batch
-        input_ids = pad([e.input_ids for e in encoded], self.encoder.pad_token_id, "left")
-        batch.update(
-            input_ids=input_ids,
-            attention_mask=pad([[1] * len(e.input_ids) for e in encoded], 0, "left"),
-            mm_token_type_ids=(input_ids == self.encoder.image_token_id).long(),
-            **stack_images(encoded),
-        )
+        batch.update(prompt_tensors(self.encoder, encoded))
         return batch
+
+
+def prompt_tensors(encoder: PromptEncoder, encoded: list[Any]) -> dict[str, torch.Tensor]:
+    """Left-padded ids, attention mask, image-token types and stacked images of encoded prompts — the tensors every
+    generation engine takes (shared by ``PromptCollator`` and ``chexone.inference``)."""
+    input_ids = pad([e.input_ids for e in encoded], encoder.pad_token_id, "left")
+    return dict(
+        input_ids=input_ids,
+        attention_mask=pad([[1] * len(e.input_ids) for e in encoded], 0, "left"),
+        mm_token_type_ids=(input_ids == encoder.image_token_id).long(),
+        **stack_images(encoded),
+    )

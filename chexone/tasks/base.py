@@ -38,6 +38,9 @@ class Task:
     rewards: ClassVar[tuple[str, ...]] = ()
     #: Metric names (registry ``chexone.metrics``) reported in evaluation.
     metrics: ClassVar[tuple[str, ...]] = ()
+    #: The question ``python -m chexone.infer --task NAME`` asks when none is given (``{phrase}`` is filled from
+    #: ``--phrase``); None = the task needs an explicit question.
+    default_question: ClassVar[str | None] = None
 
     # ---------------------------------------------------------------- prompt side
     def question_text(self, sample: Sample) -> str:

@@ -74,6 +74,7 @@ class FindingsGenerationTask(Task):
     family = "report"
     rewards = ("report",)
     metrics = ("bleu2", "bertscore", "semb_score", "radgraph", "radcliq")
+    default_question = "Write the findings section of the radiology report for this chest X-ray."
 
     def question_text(self, sample: Sample) -> str:
         indication = str(sample.meta.get("indication", "") or "").strip()
@@ -83,12 +84,15 @@ class FindingsGenerationTask(Task):
 
 class ImpressionGenerationTask(FindingsGenerationTask):
     name = "impression_generation"
+    default_question = "Write the impression section of the radiology report for this chest X-ray."
 
 
 class ProgressionGenerationTask(FindingsGenerationTask):
     """Describe the change between a prior (first image) and current (second image) study."""
 
     name = "progression_generation"
+    default_question = ("Compare the current chest X-ray (second image) with the prior study (first image) and "
+                        "describe the interval change.")
 
 
 class GroundingTask(Task):
@@ -98,6 +102,7 @@ class GroundingTask(Task):
     family = "grounding"
     rewards = ("grounding_iou",)
     metrics = ("iou", "map")
+    default_question = "Please locate the following phrase in the image: {phrase}."
 
     def parse_answer(self, answer: str) -> tuple:
         boxes = parse_boxes(answer)
@@ -112,6 +117,7 @@ class GroundingTask(Task):
 
 class AbnormalityGroundingTask(GroundingTask):
     name = "abnormality_grounding"
+    default_question = "Locate all regions of {phrase} in this chest X-ray."
 
 
 BUILTIN_TASKS: dict[str, type[Task]] = {

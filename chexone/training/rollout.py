@@ -10,7 +10,7 @@ suppress the vision special tokens, left-pad prompts and stop on ``<|im_end|>``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -112,10 +112,16 @@ def _processors(settings: SamplingSettings) -> LogitsProcessorList:
 
 
 class SharedPrefillEngine:
-    """Prefill each prompt once (image encoded once), fork the KV cache G ways, sample with HF logits processors."""
+    """Prefill each prompt once (image encoded once), fork the KV cache G ways, sample with HF logits processors.
 
-    def __init__(self, generator: torch.Generator | None = None):
+    ``on_tokens`` (optional) is called after every decoding step with the tokens just chosen ([rows], pad for rows
+    already finished) and may return True to stop early: the streaming server uses it to send text as it is made.
+    """
+
+    def __init__(self, generator: torch.Generator | None = None,
+                 on_tokens: Callable[[torch.Tensor], bool | None] | None = None):
         self.generator = generator
+        self.on_tokens = on_tokens
 
     @torch.no_grad()
     def generate(self, model: nn.Module, encoder: PromptEncoder, batch: dict[str, Any],
@@ -158,6 +164,8 @@ class SharedPrefillEngine:
             logps.append(torch.log_softmax(raw, dim=-1).gather(1, nxt[:, None]).squeeze(1))
             tokens.append(nxt)
             done = done | (nxt == encoder.eos_token_id)
+            if self.on_tokens is not None and self.on_tokens(nxt):
+                break
             if bool(done.all()):
                 break
             seq = torch.cat([seq, nxt[:, None]], dim=1)
