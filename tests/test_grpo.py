@@ -148,3 +148,36 @@ def test_reward_errors_name_the_reward_and_sample_or_score_zero(tmp_path, cache_
     summary = run_fit(load_config("stage2_grpo", grpo_overrides(tmp_path / "b", **{**bad, "logger": "csv",
                                                                                   "grpo.reward_errors": "zero"})))
     assert summary["metrics"]["train/reward_errors/test_flaky"] == 8.0  # 2 prompts x 4 completions scored 0
+
+
+def test_one_iteration_skips_the_old_logprob_pass_with_the_same_update(tmp_path, cache_dir, demo_shards, tiny_dir,
+                                                                         monkeypatch):
+    """num_iterations=1 with several micro-batches: the weights after a step equal those of a run that also computes
+    the old log-probs in a separate pass (the weights cannot change between generation and the loss)."""
+    from chexone.config.load import load_config
+    from chexone.training import grpo as grpo_mod
+    from chexone.training.run import run_fit
+
+    def final_weights(out, force_old):
+        calls = []
+        original = grpo_mod.GRPOModule._needs_old_logps
+        monkeypatch.setattr(grpo_mod.GRPOModule, "_needs_old_logps",
+                            lambda self: calls.append(1) or (True if force_old else original(self)))
+        run_fit(load_config("stage2_grpo", grpo_overrides(out, **{
+            "trainer.max_steps": 1, "grpo.beta": 0, "grpo.num_iterations": 1, "grpo.micro_batch_prompts": 1,
+            "grpo.dynamic_sampling": "false", "logger": "none", "trainer.checkpoint_every_n_steps": 1,
+            "grpo.rewards": "[{name: test_e_fraction}]", "optim.lr": 1e-3, "grpo.max_completion_length": 16})))
+        assert calls
+        ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+        return ckpt["state_dict"]
+
+    skipped = final_weights(tmp_path / "a", force_old=False)
+    forced = final_weights(tmp_path / "b", force_old=True)
+    initial = __import__("transformers").AutoModelForImageTextToText.from_pretrained(tiny_dir).state_dict()
+    moved = 0
+    for name, value in skipped.items():
+        assert torch.allclose(value, forced[name], atol=1e-6, rtol=1e-5), name
+        key = name.split("model.", 1)[1] if name.startswith("model.") else name
+        if key in initial and not torch.equal(initial[key], value):
+            moved += 1
+    assert moved > 0  # the step did update the weights: the comparison is not vacuous

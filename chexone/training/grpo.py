@@ -157,10 +157,11 @@ class GRPOModule(ChexoneModule):
         num_items = self._global_mean(n_tokens)
 
         # old (sampling-policy) and reference log-probs, once per generation batch
+        need_old = self._needs_old_logps()
         with timer("logps"), torch.no_grad():
             for mb in micro:
-                batch, predict, _ = self._policy_batch(mb, self.model)
-                if g.num_iterations > 1 or len(micro) > 1:
+                if need_old:
+                    batch, predict, _ = self._policy_batch(mb, self.model)
                     self._split_into(mb, "old_logps", token_logps(self.model, batch, predict, g.temperature))
                 if self.ref_model is not None:
                     rbatch, rpredict, _ = self._policy_batch(mb, self.ref_model)
@@ -200,6 +201,12 @@ class GRPOModule(ChexoneModule):
         timer.seconds["step"] = time.perf_counter() - t_step
         self._log_step(groups, advantages, adv_stats, stats, timer, rounds, opt)
         return None
+
+    def _needs_old_logps(self) -> bool:
+        """A separate old-policy pass is needed only when the weights change between generation and a loss: with one
+        iteration, every micro-batch's loss is taken before the single optimizer step, so the policy pass's own
+        detached log-probs are the old ones (ratio 1) and the extra pass (12-13% of a step) would only repeat them."""
+        return self.cfg.grpo.num_iterations > 1
 
     def _flatten_groups(self, parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Split rollouts into per-prompt groups carrying their prompt tensors, completions and rewards."""
