@@ -34,6 +34,7 @@ DIST_OF = {
     "RaTEScore": "ratescore",
     "flash_attn": "flash-attn",
     "pytest_timeout": "pytest-timeout",
+    "sklearn": "scikit-learn",
 }
 #: distributions the package may only use from an optional extra (everything else it uses must be a core dependency)
 EXTRA_OF = {
@@ -43,6 +44,8 @@ EXTRA_OF = {
     "appdirs": "radgraph",
     "ratescore": "ratescore",
     "flash-attn": "gpu",
+    "scikit-learn": "reader-study",
+    "pingouin": "reader-study",
 }
 #: declared but never imported by name, and why
 INDIRECT = {
@@ -178,8 +181,9 @@ def test_every_package_and_recipe_group_is_listed(pyproject):
     st = pyproject["tool"]["setuptools"]
     listed = set(st["packages"])
     assert st["package-dir"].get("chexone.recipes") == "recipes"
-    found = {p.parent.relative_to(REPO).as_posix().replace("/", ".")
-             for top in FIRST_PARTY for p in (REPO / top).rglob("__init__.py") if "__pycache__" not in p.parts}
+    # every directory is a package to setuptools, data-only ones too (the reader-study app's templates/, static/)
+    found = {d.relative_to(REPO).as_posix().replace("/", ".") for top in FIRST_PARTY
+             for d in [REPO / top, *(REPO / top).rglob("*")] if d.is_dir() and "__pycache__" not in d.parts}
     found |= {"chexone.recipes"} | {"chexone.recipes." + d.relative_to(REPO / "recipes").as_posix().replace("/", ".")
                                     for d in (REPO / "recipes").rglob("*") if d.is_dir()}
     assert found - listed == set(), f"add to [tool.setuptools] packages in pyproject.toml: {sorted(found - listed)}"
@@ -246,7 +250,7 @@ def test_constraints_pin_every_declared_dependency(pyproject):
             assert ver, f"not an exact pin: {line}"
             pins[norm(name)] = ver.strip()
     project = pyproject["project"]
-    groups = ["dev", "metrics", "radgraph", "dicom"]
+    groups = ["dev", "metrics", "radgraph", "dicom", "reader-study"]
     reqs = list(project["dependencies"]) + [r for g in groups for r in project["optional-dependencies"][g]]
     for req in reqs:
         name = requirement_name(req)
