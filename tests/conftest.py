@@ -63,3 +63,18 @@ def tiny_demo_overrides(out, **extra):
     }
     base.update({k: str(v) for k, v in extra.items()})
     return [f"{k}={v}" for k, v in base.items()]
+
+
+@pytest.fixture(scope="session")
+def sft_export(tmp_path_factory, cache_dir, demo_shards, tiny_dir):
+    """A real (2-step) stage-1 demo run's Hugging Face export: what users pass to infer / serve as --model."""
+    from chexone.config.load import load_config
+    from chexone.training.run import run_fit
+
+    out = tmp_path_factory.mktemp("sft-export")
+    overrides = tiny_demo_overrides(out, **{"trainer.max_steps": 2, "data.val": "[]",
+                                            "model.tiny_cache_dir": cache_dir / "tiny-model",
+                                            "data.demo_dir": cache_dir / "demo-shards"})
+    run_fit(load_config("stage1_sft", overrides))
+    assert (out / "hf" / "config.json").exists()
+    return out / "hf"

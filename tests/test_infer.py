@@ -21,7 +21,6 @@ from chexone.training.generation import GenerationSettings
 from webdata.images import LoadedImage, load_image, load_image_bytes
 from webdata.synthetic import write_dicom
 
-from conftest import tiny_demo_overrides
 
 
 class CannedModel:
@@ -124,21 +123,6 @@ def test_image_bytes_decode_like_files(tmp_path):
 
 
 # ------------------------------------------------------------------------------------- real model, real CLI
-
-
-@pytest.fixture(scope="module")
-def sft_export(tmp_path_factory, cache_dir, demo_shards, tiny_dir):
-    """A real (2-step) stage-1 demo run's Hugging Face export: what users pass as --model."""
-    from chexone.config.load import load_config
-    from chexone.training.run import run_fit
-
-    out = tmp_path_factory.mktemp("sft")
-    overrides = tiny_demo_overrides(out, **{"trainer.max_steps": 2, "data.val": "[]",
-                                            "model.tiny_cache_dir": cache_dir / "tiny-model",
-                                            "data.demo_dir": cache_dir / "demo-shards"})
-    run_fit(load_config("stage1_sft", overrides))
-    assert (out / "hf" / "config.json").exists()
-    return out / "hf"
 
 
 @pytest.fixture(scope="module")

@@ -12,29 +12,22 @@ import sys
 import pytest
 import torch
 
-from conftest import tiny_demo_overrides
 from reader_study_kit import Client, ServerProcess, answer_fields, current_item, make_study
 from test_serve import start_server
 
 
 @pytest.fixture(scope="module")
-def talkative_export(tmp_path_factory, cache_dir, demo_shards, tiny_dir):
-    """A real stage-1 demo export (2 steps), weights jittered and saved again: a 2-step model answers only newlines,
+def talkative_export(sft_export, tmp_path_factory):
+    """The stage-1 demo export with its weights jittered and saved again: a 2-step model answers only newlines,
     which the drafts command rightly refuses as empty."""
-    from chexone.config.load import load_config
     from chexone.inference import InferenceModel
-    from chexone.training.run import run_fit
 
-    out = tmp_path_factory.mktemp("sft")
-    run_fit(load_config("stage1_sft", tiny_demo_overrides(out, **{
-        "trainer.max_steps": 2, "data.val": "[]", "model.tiny_cache_dir": cache_dir / "tiny-model",
-        "data.demo_dir": cache_dir / "demo-shards"})))
-    model = InferenceModel.load(str(out / "hf"), device="cpu")
+    model = InferenceModel.load(str(sft_export), device="cpu")
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in model.model.parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.3)
-    target = out / "talkative"
+    target = tmp_path_factory.mktemp("talkative")
     model.model.save_pretrained(target)
     model.processor.save_pretrained(target)
     return target

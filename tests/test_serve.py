@@ -22,8 +22,6 @@ from chexone.inference.engine import Completion, InferenceError
 from chexone.inference.openai_api import APIError, ServerLimits, parse_chat_request
 from chexone.inference.server import ChexoneHTTPServer
 
-from conftest import tiny_demo_overrides
-
 # ------------------------------------------------------------------------------------------------- helpers
 
 
@@ -65,18 +63,6 @@ def demo_files(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve-images")
     write_demo_images(str(root), n=4)
     return root
-
-
-@pytest.fixture(scope="module")
-def sft_export(tmp_path_factory, cache_dir, demo_shards, tiny_dir):
-    from chexone.config.load import load_config
-    from chexone.training.run import run_fit
-
-    out = tmp_path_factory.mktemp("sft")
-    run_fit(load_config("stage1_sft", tiny_demo_overrides(out, **{
-        "trainer.max_steps": 2, "data.val": "[]", "model.tiny_cache_dir": cache_dir / "tiny-model",
-        "data.demo_dir": cache_dir / "demo-shards"})))
-    return out / "hf"
 
 
 def start_server(*args: str) -> tuple[subprocess.Popen, str, list[str]]:

@@ -119,29 +119,35 @@ class Handler(BaseHTTPRequestHandler):
             with open(self.server.log, "a") as f:
                 f.write(json.dumps({"path": self.path, "model": request.get("model"), "mode": mode,
                                     "auth": "Authorization" in self.headers}) + "\n")
+        # The answer is made first and the request stops counting as in flight before its bytes go out: the client
+        # may send its next request the moment it has read this one, and must not be counted twice.
         try:
             time.sleep(delay)
             if not self.authorised():
-                return self.reply(401, {"error": {"message": "invalid api key"}})
-            if mode == "fail":
-                return self.reply(500, {"error": {"message": "internal error"}})
-            if mode == "malformed":
-                return self.reply(200, "<html>upstream proxy error</html>", "text/html")
-            if mode == "hang":
-                time.sleep(hang_seconds)
-            content = json.dumps(judge(request["messages"][-1]["content"]))
-            if fenced:
-                content = f"Here is my assessment.\n```json\n{content}\n```\n"
-            if mode == "garbage":
-                content = "The candidate report looks mostly fine to me."
-            self.reply(200, {"id": "chatcmpl-1", "object": "chat.completion", "model": request.get("model"),
-                             "choices": [{"index": 0, "finish_reason": "stop",
-                                          "message": {"role": "assistant", "content": content}}]})
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up (timeout)
+                answer = (401, {"error": {"message": "invalid api key"}}, "application/json")
+            elif mode == "fail":
+                answer = (500, {"error": {"message": "internal error"}}, "application/json")
+            elif mode == "malformed":
+                answer = (200, "<html>upstream proxy error</html>", "text/html")
+            else:
+                if mode == "hang":
+                    time.sleep(hang_seconds)
+                content = json.dumps(judge(request["messages"][-1]["content"]))
+                if fenced:
+                    content = f"Here is my assessment.\n```json\n{content}\n```\n"
+                if mode == "garbage":
+                    content = "The candidate report looks mostly fine to me."
+                answer = (200, {"id": "chatcmpl-1", "object": "chat.completion", "model": request.get("model"),
+                                "choices": [{"index": 0, "finish_reason": "stop",
+                                             "message": {"role": "assistant", "content": content}}]},
+                          "application/json")
         finally:
             with LOCK:
                 STATE["inflight"] -= 1
+        try:
+            self.reply(*answer)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (timeout)
 
 
 def main() -> None:
