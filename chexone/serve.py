@@ -18,6 +18,8 @@ import signal
 import sys
 from pathlib import Path
 
+from chexone.hosts import is_loopback
+
 EXIT_USAGE = 2
 
 
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --allow-file-root {root}: not a directory", file=sys.stderr)
             return EXIT_USAGE
         roots.append(path)
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
+    if not is_loopback(args.host) and not args.api_key:
         print(f"warning: binding {args.host} without --api-key: anyone who can reach this port can use the model",
               file=sys.stderr)
 

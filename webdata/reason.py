@@ -30,7 +30,6 @@ import concurrent.futures as cf
 import email.utils
 import glob
 import http.client
-import ipaddress
 import json
 import os
 import random
@@ -51,6 +50,7 @@ from typing import Any
 from braceexpand import braceexpand
 
 from chexone.data.sample import Sample, SampleError
+from chexone.hosts import is_loopback
 from chexone.tasks.answers import find_boxed
 from webdata.writer import SHARED_IMAGE_PREFIX, ShardWriter, _write_json
 
@@ -149,17 +149,6 @@ class TransportError(Exception):
         self.kind = kind
 
 
-def _is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class ChatClient:
     """Minimal, thread-safe ``POST {endpoint}/chat/completions`` client on :mod:`urllib` (no extra dependency).
 
@@ -182,7 +171,7 @@ class ChatClient:
         self.body = {"model": model, "temperature": temperature, "max_tokens": max_tokens, **(extra_body or {})}
         self.rng = random.Random(seed)
         self._rng_lock = threading.Lock()
-        handlers = [urllib.request.ProxyHandler({})] if _is_loopback(parsed.hostname) else []
+        handlers = [urllib.request.ProxyHandler({})] if is_loopback(parsed.hostname) else []
         self.opener = urllib.request.build_opener(*handlers)
         self.stats: Counter[str] = Counter()
         self._stats_lock = threading.Lock()

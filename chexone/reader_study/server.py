@@ -4,7 +4,6 @@ SIGTERM (every signed answer is already committed)."""
 
 from __future__ import annotations
 
-import ipaddress
 import signal
 import socketserver
 import sys
@@ -12,6 +11,7 @@ import threading
 from typing import TextIO
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+from chexone.hosts import is_loopback
 from chexone.reader_study.app import ReaderStudyApp, _log_path
 
 
@@ -35,15 +35,6 @@ class QuietHandler(WSGIRequestHandler):
         if text.startswith("code "):  # "code 400, message Bad request syntax ('GET /images/...')": status only
             text = text.split(",", 1)[0]
         sys.stderr.write(f"{self.log_date_time_string()} {text[:200]}\n")
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class SilentHandler(QuietHandler):
