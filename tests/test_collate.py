@@ -2,11 +2,13 @@
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from chexone.data.collate import IGNORE_INDEX, PromptCollator, SFTCollator
 from chexone.data.sample import Sample
 from chexone.model.processor import PromptEncoder
+from chexone.tasks.base import PromptStyle
 from chexone.tasks.builtin import BUILTIN_TASKS
 
 
@@ -100,3 +102,57 @@ def test_samples_their_task_refuses_are_skipped_and_counted(encoder, caplog):
     assert [s.id for s in prompts["samples"]] == ["ok"] and [s.id for s in prompts["invalid"]] == ["no-options",
                                                                                                    "bad-letter"]
     assert "skipping sample 'no-options' (task close_vqa)" in caplog.text and "needs 'options'" in caplog.text
+
+
+def test_prompt_cache_gives_the_fresh_encoding_and_skips_the_processor(encoder, monkeypatch):
+    a = Sample(id="a", task="close_vqa", question="Q?", answer="B", options=["Yes", "No"], images=[image()])
+    b = Sample(id="b", task="progression_generation", question="Compare.", answer="Worse.",
+               images=[image(value=10), image(value=200)])
+    calls = []
+    original = encoder.encode_prompt
+    monkeypatch.setattr(encoder, "encode_prompt", lambda *args: calls.append(1) or original(*args))
+    cached = PromptCollator(encoder, lookup, reasoning="auto")
+    first = cached([a, b])
+    again = cached([b, a])  # drawn again, in another order
+    assert len(calls) == 2 and cached.cache_hits == 2
+    fresh = PromptCollator(encoder, lookup, reasoning="auto", cache_size=0)([b, a])
+    assert len(calls) == 4  # no cache: encoded every time
+    for key in ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw"):
+        assert torch.equal(again[key], fresh[key]), key
+    assert torch.equal(first["input_ids"][0], again["input_ids"][1])
+    # what the encoding depends on is in the key: reasoning mode, style, text and pixels under the same id
+    calls.clear()
+    cached.reasoning = "always"
+    cached([a])
+    cached.style = PromptStyle(system_prompt="Another system prompt.")
+    cached([a])
+    edited_text = Sample(id="a", task="close_vqa", question="Another question?", answer="B", options=["Yes", "No"],
+                         images=[image()])
+    edited_pixels = Sample(id="a", task="close_vqa", question="Q?", answer="B", options=["Yes", "No"],
+                           images=[image(value=101)])
+    out = cached([edited_text, edited_pixels])
+    assert len(calls) == 4
+    assert "Another question?" in encoder.tokenizer.decode(out["input_ids"][0])
+
+
+def test_prompt_cache_bounds_hold(encoder):
+    samples = [Sample(id=str(i), task="close_vqa", question="Q?", answer="B", options=["Yes", "No"],
+                      images=[image(value=i)]) for i in range(5)]
+    by_count = PromptCollator(encoder, lookup, cache_size=2)
+    for s in samples:
+        by_count([s])
+        assert len(by_count.cache) <= 2
+    by_count([samples[3]])  # recently used: still cached
+    assert by_count.cache_hits == 1
+    by_count([samples[0]])  # least recently used: evicted long ago
+    assert by_count.cache_hits == 1
+    one = by_count.cache[next(iter(by_count.cache))][1]  # bytes of one entry (64 patches of float32 pixels + ids)
+    assert one > 64 * 4
+    by_bytes = PromptCollator(encoder, lookup, cache_bytes=2 * one + one // 2)
+    for s in samples:
+        by_bytes([s])
+        assert by_bytes.cached_bytes <= 2 * one + one // 2 and len(by_bytes.cache) <= 2
+    assert by_bytes.cached_bytes == sum(size for _, size in by_bytes.cache.values())
+    too_small = PromptCollator(encoder, lookup, cache_bytes=one // 2)
+    too_small([samples[0]])
+    assert not too_small.cache and too_small.cached_bytes == 0

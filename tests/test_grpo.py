@@ -181,3 +181,128 @@ def test_one_iteration_skips_the_old_logprob_pass_with_the_same_update(tmp_path,
         if key in initial and not torch.equal(initial[key], value):
             moved += 1
     assert moved > 0  # the step did update the weights: the comparison is not vacuous
+
+
+def test_prompt_computed_once_per_group_gives_the_same_update(tmp_path, cache_dir, demo_shards, tiny_dir,
+                                                             monkeypatch):
+    """grpo.share_prompt (each prompt computed once, its G completions attending to it) against the per-completion
+    passes: with a reference model (beta > 0), two iterations (old log-probs) and two micro-batches, the weights after
+    a step agree."""
+    from chexone.config.load import load_config
+    from chexone.training import grpo as grpo_mod
+    from chexone.training.run import run_fit
+
+    calls = []
+    real = grpo_mod.shared_prefix_logps
+    monkeypatch.setattr(grpo_mod, "shared_prefix_logps", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def final_weights(out, share):
+        calls.clear()
+        run_fit(load_config("stage2_grpo", grpo_overrides(out, **{
+            "trainer.max_steps": 1, "grpo.beta": 0.04, "grpo.num_iterations": 2, "grpo.micro_batch_prompts": 1,
+            "grpo.share_prompt": share, "grpo.dynamic_sampling": "false", "logger": "none",
+            "trainer.checkpoint_every_n_steps": 1, "grpo.rewards": "[{name: test_e_fraction}]", "optim.lr": 1e-3,
+            "grpo.max_completion_length": 16})))
+        # per micro-batch: old + reference log-probs, then the policy pass of each of the two iterations
+        assert len(calls) == (2 * 4 if share == "true" else 0)
+        ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+        return ckpt["state_dict"]
+
+    shared = final_weights(tmp_path / "a", "true")
+    repeated = final_weights(tmp_path / "b", "false")
+    initial = __import__("transformers").AutoModelForImageTextToText.from_pretrained(tiny_dir).state_dict()
+    moved = 0
+    for name, value in shared.items():
+        assert torch.allclose(value, repeated[name], atol=1e-5, rtol=1e-4), name
+        key = name.split("model.", 1)[1] if name.startswith("model.") else name
+        if key in initial and not torch.equal(initial[key], value):
+            moved += 1
+    assert moved > 0
+
+
+def test_frozen_vision_tower_runs_once_per_prompt_with_the_same_update(tmp_path, cache_dir, demo_shards, tiny_dir,
+                                                                      monkeypatch):
+    """Stage 2 freezes the vision blocks: their output is computed once per prompt per step and only the merger runs
+    again in the old / reference / policy passes. The weights after a step equal those of encoding every image in
+    every pass (beta > 0 and two iterations: four passes per prompt)."""
+    from chexone.config.load import load_config
+    from chexone.model import transformers_compat as compat
+    from chexone.training import grpo as grpo_mod
+    from chexone.training.run import run_fit
+
+    tower_runs = []
+    real = compat.vision_tower_states
+    monkeypatch.setattr(compat, "vision_tower_states", lambda *a, **k: tower_runs.append(1) or real(*a, **k))
+    original = grpo_mod.GRPOModule._tower_states_reusable
+
+    def final_weights(out, reuse):
+        tower_runs.clear()
+        monkeypatch.setattr(grpo_mod.GRPOModule, "_tower_states_reusable",
+                            lambda self, model: original(self, model) if reuse else False)
+        run_fit(load_config("stage2_grpo", grpo_overrides(out, **{
+            "trainer.max_steps": 1, "grpo.beta": 0.04, "grpo.num_iterations": 2, "grpo.micro_batch_prompts": 1,
+            "grpo.dynamic_sampling": "false", "logger": "none", "trainer.checkpoint_every_n_steps": 1,
+            "grpo.rewards": "[{name: test_e_fraction}]", "optim.lr": 1e-3, "grpo.max_completion_length": 16})))
+        assert len(tower_runs) == (2 if reuse else 0)  # once per prompt (2 prompts), however many passes
+        ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+        return ckpt["state_dict"]
+
+    reused = final_weights(tmp_path / "a", True)
+    encoded = final_weights(tmp_path / "b", False)
+    merger_moved = False
+    initial = __import__("transformers").AutoModelForImageTextToText.from_pretrained(tiny_dir).state_dict()
+    for name, value in reused.items():
+        assert torch.allclose(value, encoded[name], atol=1e-5, rtol=1e-4), name
+        key = name.split("model.", 1)[1]
+        if "visual.merger" in name and not torch.equal(initial[key], value):
+            merger_moved = True
+    assert merger_moved  # the merger is trained through the re-merged features
+
+
+def test_rewards_scored_in_the_background_while_the_reference_pass_runs(tmp_path, cache_dir, demo_shards, tiny_dir,
+                                                                        monkeypatch):
+    """Without dynamic sampling the rewards are scored on the reward worker while the reference log-probs are
+    computed: a reward that only returns once that pass has started proves the overlap (no timing involved); the
+    weights after a step equal those of scoring synchronously."""
+    import threading
+
+    from chexone.config.load import load_config
+    from chexone.training import grpo as grpo_mod
+    from chexone.training.run import run_fit
+
+    ref_pass_started = threading.Event()
+    waited = []
+
+    def patient_reward(responses, samples, **_):
+        waited.append(ref_pass_started.wait(timeout=60))  # blocks the reward worker, never the training thread
+        return [r.count("e") / max(1, len(r)) for r in responses]
+
+    if "test_patient" not in REWARDS:
+        REWARDS.register("test_patient", patient_reward)
+    real_logps = grpo_mod.GRPOModule._completion_logps
+
+    def logps(self, mb, model, grad=False, with_entropy=False):
+        if model is self.ref_model:
+            ref_pass_started.set()
+        return real_logps(self, mb, model, grad, with_entropy)
+
+    monkeypatch.setattr(grpo_mod.GRPOModule, "_completion_logps", logps)
+    real_rollout = grpo_mod.GRPOModule._rollout
+
+    def final_weights(out, background):
+        ref_pass_started.clear()
+        monkeypatch.setattr(grpo_mod.GRPOModule, "_rollout", lambda self, samples, timer, defer_rewards=False:
+                            real_rollout(self, samples, timer, defer_rewards and background))
+        if not background:  # synchronous scoring would wait for a pass that comes after it: let it through
+            ref_pass_started.set()
+        run_fit(load_config("stage2_grpo", grpo_overrides(out, **{
+            "trainer.max_steps": 1, "grpo.beta": 0.04, "grpo.dynamic_sampling": "false", "logger": "none",
+            "trainer.checkpoint_every_n_steps": 1, "grpo.rewards": "[{name: test_patient}]", "optim.lr": 1e-3,
+            "grpo.max_completion_length": 16})))
+        return torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+
+    background = final_weights(tmp_path / "a", True)
+    assert waited == [True]  # the reward saw the reference pass start before it returned
+    synchronous = final_weights(tmp_path / "b", False)
+    for name, value in background.items():
+        assert torch.equal(value, synchronous[name]), name

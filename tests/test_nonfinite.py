@@ -106,20 +106,19 @@ def test_step_guard_skips_nan_gradients_and_leaves_adamw_untouched():
 
 
 def _nan_loss_on(monkeypatch, calls):
-    """Make the SFT loss NaN on the given (1-based) training-step calls."""
+    """Make the SFT training loss (packed or not) NaN on the given (1-based) training-step calls."""
     import chexone.training.sft as sft
 
-    real, seen = sft.sft_loss, {"n": 0}
+    real, seen = sft.SFTModule.loss, {"n": 0}
 
-    def loss(model, batch, **kw):
-        value, n = real(model, batch, **kw)
-        if model.training:
-            seen["n"] += 1
-            if seen["n"] in calls:
-                value = value * float("nan")
+    def loss(self, batch):
+        value, n = real(self, batch)
+        seen["n"] += 1
+        if seen["n"] in calls:
+            value = value * float("nan")
         return value, n
 
-    monkeypatch.setattr(sft, "sft_loss", loss)
+    monkeypatch.setattr(sft.SFTModule, "loss", loss)
 
 
 def _sd(path):
@@ -247,8 +246,8 @@ def test_cli_stops_with_one_clear_line_when_training_goes_non_finite(tmp_path, c
     script.write_text(
         "import sys\n"
         "import chexone.training.sft as sft\n"
-        "real = sft.sft_loss\n"
-        "sft.sft_loss = lambda model, batch, **kw: (real(model, batch, **kw)[0] * float('nan'), 1)\n"
+        "real = sft.SFTModule.loss\n"
+        "sft.SFTModule.loss = lambda self, batch: (real(self, batch)[0] * float('nan'), 1)\n"
         "from chexone.fit import main\n"
         "sys.exit(main(sys.argv[1:]))\n")
     args = ["recipe=stage1_sft", *tiny_demo_overrides(tmp_path / "out", **{

@@ -1,6 +1,7 @@
 """Built-in GRPO rewards against hand-worked examples, including malformed output."""
 
 import math
+import threading
 
 import pytest
 
@@ -14,6 +15,7 @@ from chexone.rewards.builtin import (
     vqa_reward,
     vqa_strict_reward,
 )
+from chexone.training.reward_set import RewardError
 
 
 def mc(answer="B", options=("Yes", "No")):
@@ -133,3 +135,95 @@ def test_report_reward_mappings():
     assert ref[:2] == pytest.approx([2 * s(1.0), 2 * s(2 / 3) * 0.95])
     with pytest.raises(ValueError, match="mapping"):
         report_reward(responses, samples, metric=name_hi, mapping="inverse")
+
+
+# ------------------------------------------------------------------ asynchronous scoring
+
+
+def _register(name, fn):
+    if name not in REWARDS:
+        REWARDS.register(name, fn)
+
+
+def flaky_reward(responses, samples, **kwargs):
+    """1.0 per completion; raises on the sample with id 'boom' (a reward error)."""
+    if any(s.id == "boom" for s in samples):
+        raise ValueError("cannot score this one")
+    return [1.0] * len(responses)
+
+
+_register("test_async_flaky", flaky_reward)
+
+
+def async_setup(on_error):
+    from types import SimpleNamespace
+
+    from chexone.tasks import get_task
+    from chexone.training.reward_set import RewardSet
+
+    specs = [SimpleNamespace(name=n, weight=1.0, kwargs={}, tasks=[])
+             for n in ("format", "vqa", "grounding_iou", "test_async_flaky")]
+    rs = RewardSet(specs, "last", on_error, task_names=["close_vqa", "phrase_grounding"], task_lookup=get_task)
+    box = "<|ref|>nodule<|/ref|><|box|>(20,20),(40,40)<|/box|>"
+    texts = ["r \\boxed{B}", "\\boxed{A}", f"r \\boxed{{{box}}}", "r \\boxed{B}"]
+    samples = [mc(), mc(), grd(), Sample(id="boom", task="close_vqa", question="Q?", answer="B",
+                                         options=["Yes", "No"])]
+    return rs, texts, samples
+
+
+def test_score_async_gives_what_score_gives_and_the_same_error_counts():
+    sync, texts, samples = async_setup("zero")
+    expected = sync.score(texts, samples, step=3)
+    # hand values: format needs reasoning before the box; vqa on the MC samples; IoU 1/7 for the grounding one
+    assert expected["format"] == [1.0, 0.0, 1.0, 1.0]
+    assert expected["vqa"] == [1.0, 0.0, None, 1.0]
+    assert expected["grounding_iou"] == [None, None, pytest.approx(1 / 7), None]
+    assert expected["test_async_flaky"] == [1.0, 1.0, 1.0, 0.0]  # the failing sample scored 0 under "zero"
+    rs, texts, samples = async_setup("zero")
+    future = rs.score_async(texts, samples, step=3)
+    texts.clear()  # the inputs were copied: the caller may reuse its lists
+    assert future.result(timeout=30) == expected
+    assert dict(rs.errors) == dict(sync.errors) == {"test_async_flaky": 1}
+    rs.close()
+
+
+def test_score_async_raises_reward_errors_at_result():
+    rs, texts, samples = async_setup("fail")
+    future = rs.score_async(texts, samples)
+    with pytest.raises(RewardError, match="reward 'test_async_flaky' failed on sample 'boom'"):
+        future.result(timeout=30)
+    # the worker survives a failed call
+    assert rs.score_async(texts[:3], samples[:3]).result(timeout=30)["test_async_flaky"] == [1.0, 1.0, 1.0]
+    rs.close()
+
+
+SLOW = {}  # the events the slow reward waits on and what it saw
+
+
+def slow_reward(responses, samples, **kwargs):
+    SLOW["thread"] = threading.get_ident()
+    SLOW["started"].set()
+    SLOW["released"] = SLOW["release"].wait(timeout=30)  # blocks until the caller, still running, lets it go
+    return [0.5] * len(responses)
+
+
+_register("test_async_slow", slow_reward)
+
+
+def test_a_slow_reward_runs_while_the_caller_works():
+    from types import SimpleNamespace
+
+    from chexone.tasks import get_task
+    from chexone.training.reward_set import RewardSet
+
+    SLOW.update(started=threading.Event(), release=threading.Event())
+    rs = RewardSet([SimpleNamespace(name="test_async_slow", weight=1.0, kwargs={}, tasks=[])], "last", "fail",
+                   task_names=["close_vqa"], task_lookup=get_task)
+    future = rs.score_async(["r \\boxed{B}"], [mc()])
+    assert SLOW["started"].wait(timeout=30)  # the reward is running ...
+    assert not future.done()  # ... and has not finished, yet score_async returned: the caller works meanwhile
+    main_work = sum(range(1000))
+    SLOW["release"].set()
+    assert future.result(timeout=30)["test_async_slow"] == [0.5]
+    assert SLOW["released"] and SLOW["thread"] != threading.get_ident() and main_work == 499500
+    rs.close()

@@ -1,5 +1,7 @@
 """Rollout engines: shared-prefill == HF generate under greedy decoding; sampling log-probs == teacher forcing."""
 
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 import torch
@@ -99,3 +101,237 @@ def test_image_features_are_computed_once_per_prompt(setup, monkeypatch):
         b = token_logps(model, naive, predict2)
     assert calls == [12]
     assert torch.allclose(a, b, atol=1e-5)  # same numbers either way
+
+
+# ------------------------------------------------------------------ the engine before its per-token work was fused
+
+
+def reference_shared_prefill(model, enc, batch, settings, generator):
+    """The shared-prefill loop as it was: HF's logits processors, ``torch.multinomial``, a full log-softmax for the
+    sampled log-probs, every row decoded until all have stopped. Returns (tokens, logps) before masking."""
+    from transformers import (
+        LogitsProcessorList,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    from chexone.model import transformers_compat as compat
+
+    s, G = settings, settings.num_generations
+    procs = LogitsProcessorList()
+    if s.repetition_penalty != 1.0:
+        procs.append(RepetitionPenaltyLogitsProcessor(s.repetition_penalty))
+    if s.do_sample:
+        if s.temperature != 1.0:
+            procs.append(TemperatureLogitsWarper(s.temperature))
+        if s.top_k:
+            procs.append(TopKLogitsWarper(s.top_k))
+        if s.top_p < 1.0:
+            procs.append(TopPLogitsWarper(s.top_p))
+    ids, attn = batch["input_ids"], batch["attention_mask"]
+    with torch.no_grad():
+        features = shared_image_features(model, batch)
+        positions, deltas = compat.rope_positions(model, ids, attn, batch["image_grid_thw"], batch["mm_token_type_ids"])
+        logits, cache = compat.forward_with_cache(model, inputs_embeds=compat.embed_inputs(model, ids, features),
+                                                  attention_mask=attn, position_ids=positions)
+        compat.repeat_cache(cache, G)
+        logits = logits[:, -1].float().repeat_interleave(G, dim=0)
+        attn, deltas, seq = (x.repeat_interleave(G, dim=0) for x in (attn, deltas, ids))
+        suppress = torch.tensor(enc.suppressed_token_ids())
+        done = torch.zeros(seq.shape[0], dtype=torch.bool)
+        tokens, logps = [], []
+        for _ in range(s.max_new_tokens):
+            raw = logits / s.temperature if s.do_sample else logits
+            scores = logits.clone()
+            scores[:, suppress] = float("-inf")
+            scores = procs(seq, scores)
+            if s.do_sample:
+                nxt = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator).squeeze(1)
+            else:
+                nxt = scores.argmax(dim=-1)
+            nxt = torch.where(done, torch.full_like(nxt, enc.pad_token_id), nxt)
+            logps.append(torch.log_softmax(raw, dim=-1).gather(1, nxt[:, None]).squeeze(1))
+            tokens.append(nxt)
+            done = done | (nxt == enc.eos_token_id)
+            if bool(done.all()):
+                break
+            seq = torch.cat([seq, nxt[:, None]], dim=1)
+            attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+            pos = (attn.sum(-1, keepdim=True) - 1 + deltas)[None].expand(3, -1, -1)
+            logits, cache = compat.forward_with_cache(model, input_ids=nxt[:, None], attention_mask=attn,
+                                                      position_ids=pos, cache=cache)
+            logits = logits[:, -1].float()
+    return torch.stack(tokens, dim=1), torch.stack(logps, dim=1)
+
+
+@contextmanager
+def raised_stop(model, enc, bias=2.0):
+    """The tiny model with its <|im_end|> logit raised, so the rows stop at different steps (and get dropped)."""
+
+    def raise_stop(module, args, out):
+        out = out.clone()
+        out[..., enc.eos_token_id] += bias
+        return out
+
+    handle = model.lm_head.register_forward_hook(raise_stop)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@pytest.fixture()
+def stopping_model(setup):
+    with raised_stop(setup[0], setup[1]):
+        yield setup
+
+
+SETTINGS = {
+    "paper": SamplingSettings(num_generations=4, max_new_tokens=30, temperature=0.9),
+    "top_p_only": SamplingSettings(num_generations=4, max_new_tokens=30, top_k=0, top_p=0.8,
+                                   repetition_penalty=1.3),
+    "top_k_only": SamplingSettings(num_generations=4, max_new_tokens=30, top_k=5, top_p=1.0, temperature=1.5),
+    "greedy": SamplingSettings(num_generations=2, max_new_tokens=30, do_sample=False),
+}
+STOP_BIAS = {"greedy": 1.8}
+
+
+@pytest.mark.parametrize("check_every", [None, 4])
+@pytest.mark.parametrize("name", list(SETTINGS))
+def test_tokens_and_logps_identical_to_the_reference_engine(setup, name, check_every):
+    model, enc, batch = setup
+    s = SETTINGS[name]
+    ref_gen, gen = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    with raised_stop(model, enc, STOP_BIAS.get(name, 2.0)):
+        ref_tokens, ref_logps = reference_shared_prefill(model, enc, batch, s, ref_gen)
+        for _ in range(2):  # a second call continues from the generator state the first left (as GRPO steps do)
+            roll = SharedPrefillEngine(gen, check_every=check_every).generate(model, enc, batch, s)
+            lengths = roll.completion_mask.sum(1)
+            assert lengths.min() < lengths.max()  # rows stopped at different steps
+            assert torch.equal(roll.completion_ids, ref_tokens)  # same width, same tokens, pad after each stop
+            assert torch.allclose(roll.sampling_logps, ref_logps * roll.completion_mask, atol=1e-5)
+            assert torch.equal(gen.get_state(), ref_gen.get_state())  # draws after the last stop were rewound
+            ref_tokens, ref_logps = reference_shared_prefill(model, enc, batch, s, ref_gen)
+
+
+def test_finished_rows_leave_the_batch_and_streaming_still_sees_every_row(stopping_model, monkeypatch):
+    from chexone.model import transformers_compat as compat
+
+    model, enc, batch = stopping_model
+    rows_per_forward, streamed = [], []
+    original = compat.forward_with_cache
+
+    def counting(model, **kwargs):
+        rows_per_forward.append(kwargs["attention_mask"].shape[0])
+        return original(model, **kwargs)
+
+    monkeypatch.setattr(compat, "forward_with_cache", counting)
+    s = SETTINGS["paper"]
+    roll = SharedPrefillEngine(torch.Generator().manual_seed(7),
+                               on_tokens=lambda t: streamed.append(t.clone())).generate(model, enc, batch, s)
+    lengths = roll.completion_mask.sum(1)
+    # forward 0 is the prefill (2 prompts); decoding forward t runs the rows that had not stopped after step t
+    assert rows_per_forward[0] == 2
+    expected = [int((lengths > t + 1).sum()) for t in range(roll.completion_ids.shape[1] - 1)]
+    assert rows_per_forward[1:] == expected and expected[-1] < 8
+    # the streaming callback still gets one token per output row every step, pad for stopped rows
+    assert all(t.shape == (8,) for t in streamed)
+    assert torch.equal(torch.stack(streamed, dim=1), roll.completion_ids)
+
+
+def test_no_log_softmax_sort_or_multinomial_per_token_unless_asked(setup):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    model, enc, batch = setup
+    vocab = model.lm_head.out_features
+
+    class VocabOps(TorchDispatchMode):
+        """Names of the ops run on [rows, vocab] tensors."""
+
+        def __init__(self):
+            super().__init__()
+            self.names = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if args and isinstance(args[0], torch.Tensor) and args[0].ndim == 2 and args[0].shape[-1] == vocab:
+                self.names.add(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    results = {}
+    for return_logps in (False, True):
+        s = SamplingSettings(num_generations=2, max_new_tokens=6, return_logps=return_logps)
+        with VocabOps() as ops:
+            results[return_logps] = SharedPrefillEngine(torch.Generator().manual_seed(0)).generate(model, enc, batch, s)
+        assert "topk" in ops.names and not ops.names & {"sort", "multinomial", "_log_softmax"}, ops.names
+        assert ("logsumexp" in ops.names) == return_logps
+    assert torch.equal(results[False].completion_ids, results[True].completion_ids)
+    assert not results[False].sampling_logps.any() and results[True].sampling_logps.any()
+
+
+def test_non_finite_scores_are_an_error(setup):
+    model, enc, batch = setup
+    handle = model.lm_head.register_forward_hook(lambda m, a, out: out * float("nan"))
+    try:
+        with pytest.raises(RuntimeError, match="NaN"):
+            SharedPrefillEngine(torch.Generator().manual_seed(0)).generate(
+                model, enc, batch, SamplingSettings(num_generations=2, max_new_tokens=4))
+    finally:
+        handle.remove()
+
+
+def test_cache_row_selection_keeps_the_chosen_rows(setup):
+    # RELIES_ON: Cache.batch_select_indices(indices) (chexone.model.transformers_compat.select_cache_rows)
+    from chexone.model import transformers_compat as compat
+
+    model, enc, batch = setup
+    ids, attn = batch["input_ids"], batch["attention_mask"]
+
+    def forked_prefill():
+        feats = shared_image_features(model, batch)
+        positions, deltas = compat.rope_positions(model, ids, attn, batch["image_grid_thw"], batch["mm_token_type_ids"])
+        _, cache = compat.forward_with_cache(model, inputs_embeds=compat.embed_inputs(model, ids, feats),
+                                             attention_mask=attn, position_ids=positions)
+        compat.repeat_cache(cache, 2)  # rows: prompt 0, prompt 0, prompt 1, prompt 1
+        return cache, deltas.repeat_interleave(2, 0)
+
+    with torch.no_grad():
+        cache, deltas = forked_prefill()
+        nxt = torch.tensor([5, 6, 7, 8])
+        attn2 = torch.cat([attn.repeat_interleave(2, 0), torch.ones(4, 1, dtype=attn.dtype)], dim=1)
+        pos = (attn2.sum(-1, keepdim=True) - 1 + deltas)[None].expand(3, -1, -1)
+        every_row, _ = compat.forward_with_cache(model, input_ids=nxt[:, None], attention_mask=attn2,
+                                                 position_ids=pos, cache=cache)
+        cache, _ = forked_prefill()
+        rows = torch.tensor([3, 0])  # reordered on purpose
+        compat.select_cache_rows(cache, rows)
+        picked, _ = compat.forward_with_cache(model, input_ids=nxt[rows, None], attention_mask=attn2[rows],
+                                              position_ids=pos[:, rows], cache=cache)
+    assert picked.shape[0] == 2
+    assert torch.allclose(picked, every_row[rows], atol=1e-5)
+
+
+def test_hf_generate_log_probs_come_from_teacher_forcing_not_stored_logits(setup, monkeypatch):
+    model, enc, batch = setup
+    asked = {}
+    original = model.generate
+
+    def recording(**kwargs):
+        asked.update(kwargs)
+        return original(**kwargs)
+
+    monkeypatch.setattr(model, "generate", recording)
+    s = SamplingSettings(num_generations=2, max_new_tokens=8, temperature=0.8)
+    roll = HFGenerateEngine().generate(model, enc, batch, s)
+    assert not asked.get("output_logits") and not asked.get("output_scores")
+    # reference: the full log-softmax over the vocabulary of each completion token, from one uncached forward per row
+    with torch.no_grad():
+        policy, predict = build_policy_batch(batch, roll.completion_ids, roll.completion_mask, 2, None)
+        logits = model(input_ids=policy["input_ids"], attention_mask=policy["attention_mask"],
+                       pixel_values=policy["pixel_values"], image_grid_thw=policy["image_grid_thw"],
+                       mm_token_type_ids=policy["mm_token_type_ids"]).logits.float()
+    width = roll.completion_ids.shape[1]
+    expected = torch.log_softmax(logits[:, -width - 1 : -1] / 0.8, dim=-1).gather(2, roll.completion_ids[..., None])
+    assert torch.allclose(roll.sampling_logps, expected.squeeze(2) * roll.completion_mask, atol=1e-4)
+    assert roll.sampling_logps[roll.completion_mask.bool()].lt(0).all()

@@ -124,3 +124,63 @@ def test_cache_argument_name_and_cached_decoding_equals_full_forward(setup):
                                                  dim=1),
                      use_cache=False).logits[:, -1]
     assert torch.allclose(step[::2, -1], full, atol=1e-4) and torch.allclose(step[1::2, -1], full, atol=1e-4)
+
+
+def test_vision_tower_states_then_merger_equal_image_features(setup):
+    # RELIES_ON: visual(...) -> last_hidden_state before .merger, pooler_output = .merger(...) rows reordered
+    model, batch = setup
+    model.train()
+    ref = compat.image_features(model, batch["pixel_values"], batch["image_grid_thw"])
+    states, order = compat.vision_tower_states(model, batch["pixel_values"], batch["image_grid_thw"])
+    assert not states.requires_grad and sorted(order.tolist()) == list(range(order.numel()))
+    got = compat.merge_vision_states(model, states, order, batch["image_grid_thw"])
+    assert [g.shape for g in got] == [r.shape for r in ref]
+    for g, r in zip(got, ref):
+        assert torch.allclose(g, r, atol=1e-6)
+    # gradients reach the merger through the re-merged features exactly as through the full tower
+    sum(r.sum() for r in ref).backward()
+    want = {k: p.grad.clone() for k, p in model.model.visual.merger.named_parameters()}
+    model.zero_grad()
+    sum(g.sum() for g in got).backward()
+    for k, p in model.model.visual.merger.named_parameters():
+        assert torch.allclose(p.grad, want[k], atol=1e-5), k
+
+
+def test_packed_positions_keep_sequences_apart(tiny_model):
+    # RELIES_ON: position_ids [4, B, T] (text first) with attention_mask=None = packed sequences
+    model = tiny_model.eval()
+    torch.manual_seed(0)
+    a, b = torch.randint(20, 300, (1, 5)), torch.randint(20, 300, (1, 3))
+    embed = model.get_input_embeddings()
+    with torch.no_grad():
+        alone = [compat.decoder_hidden_states(model, embed(x), torch.ones_like(x), compat.text_positions(
+            torch.ones_like(x))) for x in (a, b)]
+        text = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2]])
+        packed = compat.packed_hidden_states(model, embed(torch.cat([a, b], 1)), text[None].expand(3, -1, -1), text)
+    assert torch.allclose(packed[:, :5], alone[0], atol=1e-5)
+    assert torch.allclose(packed[:, 5:], alone[1], atol=1e-5)  # b does not see a
+
+
+@pytest.mark.parametrize("kernel", ["sdpa", "eager"])
+def test_a_custom_4d_mask_is_used_as_given(tiny_dir, kernel):
+    # RELIES_ON: a 4D attention mask passes through unchanged (sdpa: bool, eager: additive float)
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_dir, attn_implementation=kernel).eval()
+    assert compat.attention_kernel(model) == kernel
+    torch.manual_seed(0)
+    x = torch.randint(20, 300, (1, 6))
+    embeds = model.get_input_embeddings()(x)
+    pos = compat.text_positions(torch.ones_like(x))
+    # token 5 may see only tokens 0, 1 and itself: the same as a sequence of those three tokens
+    allowed = torch.ones(6, 6, dtype=torch.bool).tril()
+    allowed[5, 2:5] = False
+    with torch.no_grad():
+        got = compat.masked_hidden_states(model, embeds, allowed[None], pos)
+        short = torch.cat([x[:, :2], x[:, 5:]], 1)
+        pos_short = torch.tensor([[0, 1, 5]])[None].expand(3, -1, -1)
+        ref = compat.decoder_hidden_states(model, model.get_input_embeddings()(short), torch.ones_like(short),
+                                           pos_short)
+    assert torch.allclose(got[:, 5], ref[:, 2], atol=1e-5)
+    assert torch.allclose(got[:, :5], compat.decoder_hidden_states(model, embeds[:, :5], torch.ones_like(x[:, :5]),
+                                                                   pos[:, :, :5]), atol=1e-5)

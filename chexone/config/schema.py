@@ -84,6 +84,12 @@ class DataConfig:
     max_length: int = doc(
         4096, "Maximum tokens per sample (prompt + image tokens + target); longer samples are skipped.", ge=1
     )
+    packing: bool = doc(
+        True, "SFT: pack each micro-batch's samples back to back into fewer rows (padding-free; attention stays within "
+              "each sample, the loss is unchanged). Off with trainer.strategy=fsdp2.")
+    pack_length: int = doc(
+        0, "SFT packing: tokens per packed row (0 = auto: the whole micro-batch in one row with FlashAttention-2, "
+           "the longest sample's length with sdpa/eager, whose attention cost grows with the row's square).", ge=0)
     reasoning: str = doc(
         "auto",
         "auto (reasoning mode when the sample has a trace) | always | never.",
@@ -191,6 +197,10 @@ class GRPOConfig:
     prompts_per_step: int = doc(2, "Prompts per generation batch on each device.", ge=1)
     micro_batch_prompts: int = doc(1, "Prompts (x G completions) per forward/backward pass.", ge=1)
     num_iterations: int = doc(1, "Optimizer steps per generation batch (mu); >1 computes old log-probs once.", ge=1)
+    share_prompt: bool = doc(
+        True, "Teacher-forced passes compute each prompt once per group, its G completions attending to that one copy "
+              "(same log-probs and gradients as G copies). Needs model.attn_implementation sdpa or eager and no FSDP2; "
+              "otherwise the prompt is repeated per completion.")
     temperature: float = doc(1.0, "Sampling temperature.", gt=0)
     top_p: float = doc(0.9, "Nucleus sampling.", gt=0, le=1)
     top_k: int = doc(50, "Top-k sampling (0 = off).", ge=0)
@@ -291,3 +301,5 @@ class RecipeConfig:
     eval: EvalConfig = field(default_factory=EvalConfig,
                              metadata={"doc": "Benchmark evaluation (python -m chexone.evaluate)."})
     export_hf: bool = doc(True, "Write a Hugging Face model directory (model + processor) at the end.")
+    write_report: bool = doc(True, "Write report.html (curves, completions, result tables; offline, images embedded) "
+                                   "in the output directory at the end of fit and evaluate (docs/logging.md).")

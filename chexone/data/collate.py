@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -140,15 +143,29 @@ class SFTCollator:
 
 
 class PromptCollator:
-    """Left-padded prompts for generation (evaluation, GRPO rollouts); the samples travel with the batch."""
+    """Left-padded prompts for generation (evaluation, GRPO rollouts); the samples travel with the batch.
+
+    Encoded prompts are kept in a bounded LRU cache (at most ``cache_size`` prompts and ``cache_bytes`` bytes of
+    pixels and token ids; 0 turns it off), so a sample drawn again (a later GRPO epoch, a dynamic-sampling refill,
+    the same validation samples at every validation) is not run through the image processor and tokenizer again.
+    The key is everything the encoding depends on: the sample id, the reasoning mode, the prompt style and a hash of
+    the content (the rendered chat messages and every image's pixels), so a sample whose text or images changed
+    under the same id is encoded afresh.
+    """
 
     def __init__(self, encoder: PromptEncoder, task_lookup: Callable[[str], Task], *,
-                 style: PromptStyle = PromptStyle(), reasoning: str = "auto", max_prompt_length: int = 4096):
+                 style: PromptStyle = PromptStyle(), reasoning: str = "auto", max_prompt_length: int = 4096,
+                 cache_size: int = 512, cache_bytes: int = 512 << 20):
         self.encoder = encoder
         self.task_lookup = task_lookup
         self.style = style
         self.reasoning = reasoning
         self.max_prompt_length = max_prompt_length
+        self.cache_size = cache_size
+        self.cache_bytes = cache_bytes
+        self.cache: OrderedDict[tuple, tuple[Any, int]] = OrderedDict()  # key -> (encoded prompt, its bytes)
+        self.cached_bytes = 0
+        self.cache_hits = 0
 
     def __call__(self, samples: list[Sample]) -> dict[str, Any]:
         encoded, kept, modes, texts, invalid = [], [], [], [], []
@@ -156,7 +173,7 @@ class PromptCollator:
             task = self.task_lookup(s.task)
             reasoning = use_reasoning(s, self.reasoning)
             try:
-                e = self.encoder.encode_prompt(task.messages(s, reasoning=reasoning, style=self.style), s.images)
+                e = self._encode(s, task.messages(s, reasoning=reasoning, style=self.style), reasoning)
                 task.answer_text(s)  # the reference answer must be usable too (rewards and metrics compare with it)
             except SampleError as err:
                 invalid.append(s)
@@ -177,6 +194,37 @@ class PromptCollator:
             return batch
         batch.update(prompt_tensors(self.encoder, encoded))
         return batch
+
+    def _encode(self, sample: Sample, messages: list[dict[str, Any]], reasoning: bool) -> Any:
+        """The encoded prompt, from the cache when this exact content was encoded before (never modified: batches
+        copy what they take from it)."""
+        if self.cache_size <= 0 or self.cache_bytes <= 0:
+            return self.encoder.encode_prompt(messages, sample.images)
+        key = (sample.id, reasoning, self.style, _content_hash(messages, sample.images))
+        hit = self.cache.get(key)
+        if hit is not None:
+            self.cache.move_to_end(key)
+            self.cache_hits += 1
+            return hit[0]
+        encoded = self.encoder.encode_prompt(messages, sample.images)
+        size = 8 * len(encoded.input_ids) + sum(t.numel() * t.element_size() for t in
+                                                (encoded.pixel_values, encoded.image_grid_thw) if t is not None)
+        if size <= self.cache_bytes:
+            self.cache[key] = (encoded, size)
+            self.cached_bytes += size
+            while len(self.cache) > self.cache_size or self.cached_bytes > self.cache_bytes:
+                _, (_, evicted) = self.cache.popitem(last=False)
+                self.cached_bytes -= evicted
+        return encoded
+
+
+def _content_hash(messages: list[dict[str, Any]], images: list[Any]) -> str:
+    """A digest of the rendered messages and of each image's mode, size and pixels."""
+    digest = hashlib.blake2b(json.dumps(messages, sort_keys=True, default=repr).encode(), digest_size=16)
+    for image in images:
+        digest.update(f"|{image.mode}|{image.size}|".encode())
+        digest.update(image.tobytes())
+    return digest.hexdigest()
 
 
 def prompt_tensors(encoder: PromptEncoder, encoded: list[Any]) -> dict[str, torch.Tensor]:

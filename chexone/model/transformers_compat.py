@@ -38,6 +38,14 @@ RELIES_ON = (
     "(output field cache | past_key_values)",
     "config.image_token_id; get_input_embeddings()",
     "Cache.batch_repeat_interleave(n)",
+    "Cache.batch_select_indices(indices)",
+    "Qwen2_5_VLModel.forward(position_ids=[4, B, T] (text positions first), attention_mask=None): packed sequences "
+    "(text positions restart at 0 for each) attend only within their own sequence, for every attention kernel "
+    "(sdpa/eager build a block-causal mask, flash_attention_2 runs varlen)",
+    "Qwen2_5_VLModel.visual(pixel_values, grid_thw=) -> last_hidden_state (the blocks' output, before .merger) and "
+    "pooler_output = .merger(last_hidden_state) rows reordered (the reorder read back through a forward hook on .merger)",
+    "Qwen2_5_VLModel.forward(attention_mask=<4D mask>): a ready 4D mask is used as given "
+    "(sdpa: bool, True = attend; eager: additive float); config._attn_implementation names the kernel",
 )
 
 
@@ -61,6 +69,42 @@ def image_features(model: nn.Module, pixel_values: torch.Tensor, image_grid_thw:
         raise ModelAPIError(f"get_image_features returned {len(feats)} feature tensors for "
                             f"{int(image_grid_thw.shape[0])} images")
     return feats
+
+
+def vision_tower_states(model: nn.Module, pixel_values: torch.Tensor,
+                        image_grid_thw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the vision blocks' output before the merger, the row order the merger's output is put in), without gradient.
+
+    With a frozen vision tower these states are the same in every pass of a GRPO step, so they are computed once and
+    only the (trained) merger runs again: ``merge_vision_states``. The order is read back by replacing the merger's
+    output with row numbers for this one call (a forward hook), so no internal function of transformers is needed.
+    """
+    visual = model.model.visual
+    captured: dict[str, torch.Tensor] = {}
+
+    def number_rows(module, args, output):
+        captured["states"] = args[0]
+        return torch.arange(output.shape[0], device=output.device)[:, None].expand(-1, output.shape[1])
+
+    handle = visual.merger.register_forward_hook(number_rows)
+    try:
+        with torch.no_grad():
+            out = visual(pixel_values.to(vision_dtype(model)), grid_thw=image_grid_thw)
+    finally:
+        handle.remove()
+    order = getattr(out, "pooler_output", None)
+    if "states" not in captured or not isinstance(order, torch.Tensor):
+        raise ModelAPIError("the vision tower did not run its .merger on the blocks' output as expected")
+    return captured["states"], order[:, 0].long()
+
+
+def merge_vision_states(model: nn.Module, states: torch.Tensor, order: torch.Tensor,
+                        image_grid_thw: torch.Tensor) -> list[torch.Tensor]:
+    """``image_features`` from ``vision_tower_states``: the merger (with gradients) on the saved states, rows put in
+    the tower's order, one tensor per image."""
+    merged = model.model.visual.merger(states)[order]
+    merge = int(model.model.visual.spatial_merge_size) ** 2
+    return list(torch.split(merged, (image_grid_thw.prod(-1) // merge).tolist()))
 
 
 def text_positions(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -107,6 +151,45 @@ def decoder_hidden_states(model: nn.Module, inputs_embeds: torch.Tensor, attenti
     return out.last_hidden_state
 
 
+def packed_hidden_states(model: nn.Module, inputs_embeds: torch.Tensor, position_ids: torch.Tensor,
+                         text_positions: torch.Tensor) -> torch.Tensor:
+    """Last hidden states [R, L, H] of rows that each hold several sequences back to back (padding-free packing).
+
+    ``text_positions`` [R, L] restart at 0 where a sequence starts; with no 2D attention mask the model derives
+    block-causal attention from them (each token sees only earlier tokens of its own sequence), whatever the attention
+    kernel: a mask for sdpa/eager, varlen attention for FlashAttention-2. ``position_ids`` [3, R, L] are the
+    multimodal RoPE positions of each sequence as if it stood alone.
+    """
+    positions = torch.cat([text_positions[None].to(position_ids), position_ids], dim=0)
+    out = model.model(inputs_embeds=inputs_embeds, attention_mask=None, position_ids=positions, use_cache=False,
+                      return_dict=True)
+    return out.last_hidden_state
+
+
+#: Attention kernels that take an arbitrary 4D mask (``masked_hidden_states``).
+CUSTOM_MASK_KERNELS = ("sdpa", "eager")
+
+
+def attention_kernel(model: nn.Module) -> str:
+    """The attention implementation the loaded model runs (``sdpa``, ``eager``, ``flash_attention_2`` ...)."""
+    return str(getattr(model.config, "_attn_implementation", None) or "eager")
+
+
+def masked_hidden_states(model: nn.Module, inputs_embeds: torch.Tensor, allowed: torch.Tensor,
+                         position_ids: torch.Tensor) -> torch.Tensor:
+    """Last hidden states [R, L, H] where token q attends token k iff ``allowed[r, q, k]`` (a [R, L, L] bool tensor;
+    every query row must allow at least one key). Only for ``CUSTOM_MASK_KERNELS``."""
+    kernel = attention_kernel(model)
+    if kernel == "sdpa":
+        mask = allowed[:, None]
+    elif kernel == "eager":
+        mask = torch.zeros(allowed.shape, dtype=inputs_embeds.dtype, device=inputs_embeds.device)
+        mask = mask.masked_fill(~allowed, torch.finfo(inputs_embeds.dtype).min)[:, None]
+    else:
+        raise ModelAPIError(f"a custom attention mask needs one of {CUSTOM_MASK_KERNELS}, not {kernel}")
+    return decoder_hidden_states(model, inputs_embeds, mask, position_ids)
+
+
 @functools.lru_cache(maxsize=None)
 def cache_argument(model_class: type) -> str:
     """The name the installed release gives the KV-cache argument of ``forward``: ``cache`` (5.24+) or
@@ -143,7 +226,15 @@ def repeat_cache(cache: Any, repeats: int) -> None:
     cache.batch_repeat_interleave(repeats)
 
 
+def select_cache_rows(cache: Any, rows: torch.Tensor) -> None:
+    """Keep only the batch rows ``rows`` (a 1-D index tensor, in that order) of a KV cache, in place: decoding drops
+    finished rows so they stop costing compute."""
+    cache.batch_select_indices(rows)
+
+
 __all__ = [
-    "RELIES_ON", "ModelAPIError", "cache_argument", "decoder_hidden_states", "embed_inputs", "forward_with_cache",
-    "image_features", "repeat_cache", "rope_positions", "text_positions", "vision_dtype",
+    "CUSTOM_MASK_KERNELS", "RELIES_ON", "ModelAPIError", "attention_kernel", "cache_argument", "decoder_hidden_states",
+    "embed_inputs", "forward_with_cache", "image_features", "masked_hidden_states", "merge_vision_states",
+    "packed_hidden_states", "repeat_cache", "rope_positions", "select_cache_rows", "text_positions", "vision_dtype",
+    "vision_tower_states",
 ]

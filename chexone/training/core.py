@@ -11,7 +11,6 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from chexone.model import transformers_compat as compat
@@ -48,14 +47,17 @@ def hidden_states(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
     return compat.decoder_hidden_states(model, embeds, batch["attention_mask"], batch_positions(model, batch))
 
 
-def next_token_logits(model: nn.Module, batch: dict[str, Any], predict_mask: torch.Tensor) -> torch.Tensor:
-    """Float32 logits predicting token t+1 from position t, only where ``predict_mask[:, t+1]`` is set.
+def answer_states(model: nn.Module, batch: dict[str, Any],
+                  predict_mask: torch.Tensor) -> tuple[torch.Tensor, nn.Module]:
+    """(states [N, ...], head) such that ``head(states)`` are the logits predicting token t+1 from position t where
+    ``predict_mask[:, t+1]`` is set, in row-major order of the mask.
 
-    Applying the LM head to the answer positions only avoids a [B, T, vocab] tensor over prompt and image tokens,
-    which dominates memory with the real 151k vocabulary. Returns [N, vocab] in row-major order of the mask.
+    Normally the states are the decoder's last hidden states at those positions and the head is ``model.lm_head``:
+    the LM head runs on the answer positions only, never on a [B, T, vocab] tensor over prompt and image tokens. With
+    FSDP2 the parameters are gathered in the root module's forward, so that forward runs (pixels in, full logits out),
+    the states are its logits at those positions and the head is the identity.
     """
     if is_fsdp2(model):
-        # FSDP2 gathers parameters in the root module's forward, so go through it (pixels, full logits, then select).
         if batch.get("image_features") is not None:
             raise ValueError("precomputed image_features cannot be used with FSDP2 sharding; pass pixel_values")
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")
@@ -63,10 +65,19 @@ def next_token_logits(model: nn.Module, batch: dict[str, Any], predict_mask: tor
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(compat.vision_dtype(model))
         logits = model(**inputs, position_ids=batch_positions(model, batch), use_cache=False, return_dict=True).logits
-        return logits[:, :-1][predict_mask[:, 1:]].float()
+        return logits[:, :-1][predict_mask[:, 1:]], nn.Identity()
     h = hidden_states(model, batch)
-    sel = h[:, :-1][predict_mask[:, 1:]]
-    return model.lm_head(sel).float()
+    return h[:, :-1][predict_mask[:, 1:]], model.lm_head
+
+
+def next_token_logits(model: nn.Module, batch: dict[str, Any], predict_mask: torch.Tensor) -> torch.Tensor:
+    """Float32 logits [N, vocab] predicting token t+1 from position t, only where ``predict_mask[:, t+1]`` is set.
+
+    For callers that need the logits themselves; the losses score tokens with ``selected_token_logps``, which never
+    holds float32 logits for more than a chunk of tokens.
+    """
+    states, head = answer_states(model, batch, predict_mask)
+    return head(states).float()
 
 
 def is_fsdp2(model: nn.Module) -> bool:
@@ -77,16 +88,67 @@ def is_fsdp2(model: nn.Module) -> bool:
     return isinstance(model, FSDPModule)
 
 
+def _chunk_logps(lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float,
+                 with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log softmax(lm_head(hidden) / T) at ``targets``, entropy or an empty tensor) for one chunk of tokens."""
+    logits = lm_head(hidden).float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    normaliser = logits.logsumexp(dim=-1)
+    picked = logits.gather(1, targets[:, None]).squeeze(1) - normaliser
+    if not with_entropy:
+        return picked, picked.new_empty(0)
+    with torch.no_grad():  # H = logsumexp(z) - sum softmax(z) z
+        entropy = normaliser - (logits.softmax(dim=-1) * logits).sum(-1)
+    return picked, entropy
+
+
+def selected_token_logps(lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                         with_entropy: bool = False,
+                         chunk_tokens: int = 1024) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Float32 ``log softmax(lm_head(hidden) / temperature)`` at ``targets`` ([N]) for hidden states [N, H], and with
+    ``with_entropy`` the predictive entropy of each token ([N], no gradient; else None).
+
+    Full-vocabulary float32 logits exist for at most ``chunk_tokens`` tokens at a time, in the forward pass and in the
+    backward pass: with gradients each chunk runs under activation checkpointing, so only its hidden states are kept
+    and its logits are recomputed when its gradient is needed (one extra LM-head matmul per chunk). At Qwen's 151,936
+    tokens a float32 logit row is 0.6 MB, so 1024 tokens take 0.6 GB instead of N x 0.6 MB per copy.
+    """
+    if chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens={chunk_tokens} must be at least 1")
+    from torch.utils.checkpoint import checkpoint
+
+    needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or
+                                              any(p.requires_grad for p in lm_head.parameters()))
+    picked, entropy = [], []
+    for start in range(0, hidden.shape[0], chunk_tokens):
+        h, t = hidden[start : start + chunk_tokens], targets[start : start + chunk_tokens]
+        if needs_grad:
+            lp, ent = checkpoint(_chunk_logps, lm_head, h, t, temperature, with_entropy, use_reentrant=False,
+                                 preserve_rng_state=False)
+        else:
+            lp, ent = _chunk_logps(lm_head, h, t, temperature, with_entropy)
+        picked.append(lp)
+        entropy.append(ent)
+    if not picked:  # no tokens: keep the graph connected to the head (as a loss of 0 should be)
+        empty = lm_head(hidden).float().sum(-1) * 0.0
+        return empty, (empty.detach() if with_entropy else None)
+    return torch.cat(picked), (torch.cat(entropy).detach() if with_entropy else None)
+
+
 def sft_loss(model: nn.Module, batch: dict[str, Any], ignore_index: int = -100) -> tuple[torch.Tensor, int]:
-    """Mean token cross-entropy over the answer tokens (labels != ignore_index); returns (loss, token count)."""
+    """Mean token cross-entropy over the answer tokens (labels != ignore_index); returns (loss, token count).
+
+    Scored by ``selected_token_logps`` like GRPO's tokens: the cross-entropy is minus the mean log-prob."""
     labels = batch["labels"]
     mask = labels != ignore_index
-    logits = next_token_logits(model, batch, mask)
+    states, head = answer_states(model, batch, mask)
     targets = labels[:, 1:][mask[:, 1:]]
     n = int(targets.numel())
     if n == 0:
-        return logits.sum() * 0.0, 0
-    return F.cross_entropy(logits, targets), n
+        return head(states).sum() * 0.0, 0
+    logps, _ = selected_token_logps(head, states, targets)
+    return -logps.mean(), n
 
 
 def token_logps(model: nn.Module, batch: dict[str, Any], predict_mask: torch.Tensor, temperature: float = 1.0,
@@ -94,22 +156,17 @@ def token_logps(model: nn.Module, batch: dict[str, Any], predict_mask: torch.Ten
     """Log-probs [B, T] of each token where ``predict_mask`` is set (0 elsewhere), from logits / ``temperature``;
     with ``with_entropy`` also the predictive entropy [B, T] at those tokens (no gradient).
 
-    The same computation as the SFT loss's logits, so SFT and GRPO score tokens identically.
+    The same computation as the SFT loss (``selected_token_logps``), so SFT and GRPO score tokens identically.
     """
-    logits = next_token_logits(model, batch, predict_mask)
-    if temperature != 1.0:
-        logits = logits / temperature
+    states, head = answer_states(model, batch, predict_mask)
     targets = batch["input_ids"][:, 1:][predict_mask[:, 1:]]
-    log_probs = torch.log_softmax(logits, dim=-1)
-    picked = log_probs.gather(1, targets[:, None]).squeeze(1)
+    picked, ent = selected_token_logps(head, states, targets, temperature, with_entropy=with_entropy)
     shifted = torch.zeros_like(predict_mask, dtype=torch.bool)
     shifted[:, 1:] = predict_mask[:, 1:]
     out = torch.zeros(predict_mask.shape, dtype=picked.dtype, device=picked.device).masked_scatter(shifted, picked)
     if not with_entropy:
         return out
-    with torch.no_grad():
-        ent = -(log_probs.exp() * log_probs).sum(-1)
-        entropy = torch.zeros(predict_mask.shape, dtype=ent.dtype, device=ent.device).masked_scatter(shifted, ent)
+    entropy = torch.zeros(predict_mask.shape, dtype=ent.dtype, device=ent.device).masked_scatter(shifted, ent)
     return out, entropy
 
 
@@ -134,9 +191,25 @@ def lr_multiplier(step: int, *, max_steps: int, warmup_ratio: float, scheduler: 
     raise ValueError(f"optim.scheduler={scheduler!r}; choose cosine | linear | constant")
 
 
-def build_optimizer(model: nn.Module, optim: Any, max_steps: int):
-    """AdamW over trainable parameters (no weight decay on biases and norms; per-part learning-rate multipliers
-    ``optim.lr_scale``) + a per-step LambdaLR."""
+def adamw(groups: list[dict[str, Any]], fused: bool = True, **kwargs: Any) -> torch.optim.AdamW:
+    """AdamW with torch's fused kernel where it supports every parameter (device and dtype; CUDA and CPU among
+    them), else the multi-tensor ``foreach`` one: the same update as the per-parameter loop torch otherwise runs,
+    with a few kernels instead of several per parameter. torch itself refuses ``fused=True`` for parameters it cannot
+    serve, which is the test used.
+
+    ``fused=False`` for fp16 loss scaling: a fused optimizer unscales gradients inside its step, and Lightning then
+    refuses gradient clipping."""
+    if fused:
+        try:
+            return torch.optim.AdamW(groups, fused=True, **kwargs)
+        except RuntimeError as err:
+            log.info("fused AdamW is not available for these parameters (%s); using foreach", err)
+    return torch.optim.AdamW(groups, foreach=True, **kwargs)
+
+
+def build_optimizer(model: nn.Module, optim: Any, max_steps: int, fused: bool = True):
+    """AdamW (fused where torch supports it: ``adamw``) over trainable parameters (no weight decay on biases and norms;
+    per-part learning-rate multipliers ``optim.lr_scale``) + a per-step LambdaLR."""
     from chexone.model.loading import model_parts
 
     part_of = {id(p): part for part, modules in model_parts(model).items() for m in modules for p in m.parameters()}
@@ -152,7 +225,7 @@ def build_optimizer(model: nn.Module, optim: Any, max_steps: int):
          "lr": optim.lr * (float(getattr(scale, part)) if scale is not None else 1.0), "part": part}
         for (part, no_decay), params in sorted(buckets.items())
     ]
-    opt = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
+    opt = adamw(groups, fused=fused, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
         lambda s: lr_multiplier(s, max_steps=max_steps, warmup_ratio=optim.warmup_ratio, scheduler=optim.scheduler,
@@ -254,7 +327,25 @@ class ChexoneModule(L.LightningModule):
 
     # --- optimisation
     def configure_optimizers(self):
-        return build_optimizer(self.model, self.cfg.optim, self.cfg.trainer.max_steps)
+        loss_scaling = str(getattr(self._trainer, "precision", "")) == "16-mixed"
+        return build_optimizer(self.model, self.cfg.optim, self.cfg.trainer.max_steps, fused=not loss_scaling)
+
+    def clip_gradient_norm(self, optimizer, max_norm: float) -> None:
+        """Clip the global gradient norm to ``max_norm``. With fp16 loss scaling Lightning's own path runs (it
+        unscales first; the optimizer is not fused then). Otherwise torch's ``clip_grad_norm_`` directly: Lightning's
+        mixed-precision plugin refuses to clip for a fused optimizer even under bf16, which has no scaler to undo."""
+        if self._trainer is not None and str(self.trainer.precision) == "16-mixed":
+            self.clip_gradients(optimizer, gradient_clip_val=max_norm, gradient_clip_algorithm="norm")
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if params:
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        if gradient_clip_val:
+            if gradient_clip_algorithm not in (None, "norm"):
+                raise ValueError(f"gradient clipping by {gradient_clip_algorithm!r}: only 'norm' is supported")
+            self.clip_gradient_norm(optimizer, float(gradient_clip_val))
 
     def on_before_optimizer_step(self, optimizer) -> None:
         if self.automatic_optimization:  # manual optimisation (GRPO) calls guard_step itself, before clipping
@@ -268,6 +359,11 @@ class ChexoneModule(L.LightningModule):
             if datamodule is not None and hasattr(datamodule, "skip_stats"):
                 for key, value in datamodule.skip_stats().items():
                     self.log(key, float(value), rank_zero_only=True)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "note_trained"):
+            datamodule.note_trained(batch)  # its stream position goes into the next checkpoint (exact resume)
 
     def on_train_epoch_start(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)

@@ -20,9 +20,11 @@ from torch import nn
 
 from chexone.data.collate import PromptCollator
 from chexone.data.sample import Sample
+from chexone.model import transformers_compat as compat
 from chexone.model.processor import PromptEncoder
 from chexone.tasks.base import Task
 from chexone.training.core import ChexoneModule, is_fsdp2, token_logps
+from chexone.training.fsdp import direct_submodule_calls
 from chexone.training.grpo_loss import combine_rewards, group_advantages, grpo_loss, zero_std_groups
 from chexone.training.reward_set import RewardError, RewardSet
 from chexone.training.rollout import (
@@ -33,6 +35,7 @@ from chexone.training.rollout import (
     shared_image_features,
 )
 from chexone.training.sft import prompt_style
+from chexone.training.shared_prefix import shared_prefix_logps, supports_shared_prefix
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +78,12 @@ class GRPOModule(ChexoneModule):
         self.engine = make_engine(g.engine, self.generator)
         self.sampling = SamplingSettings(num_generations=g.num_generations, max_new_tokens=g.max_completion_length,
                                          temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
-                                         repetition_penalty=g.repetition_penalty)
+                                         repetition_penalty=g.repetition_penalty, return_logps=False)
         self.refill = refill
         self.completions_path = Path(cfg.output_dir) / "completions.jsonl"
         self.history: list[dict[str, float]] = []
+        self._share_prompt_warned: set[int] = set()
+        self._tower_reuse: dict[str, bool] | None = None  # decided on first use (weights on their device by then)
 
     @property
     def ref_model(self) -> nn.Module | None:
@@ -91,26 +96,51 @@ class GRPOModule(ChexoneModule):
             self.generator = torch.Generator(device=self.device).manual_seed(self.cfg.trainer.seed + self.global_rank)
             self.engine = make_engine(self.cfg.grpo.engine, self.generator)
 
+    def on_fit_end(self) -> None:
+        self.rewards.close()  # the background reward worker (deferred scoring)
+
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     # ------------------------------------------------------------------ rollouts + rewards
-    def _rollout(self, samples: list[Sample], timer: StepTimer) -> dict[str, Any]:
+    def _rollout(self, samples: list[Sample], timer: StepTimer, defer_rewards: bool = False) -> dict[str, Any]:
+        """Generate G completions per prompt and score them. With ``defer_rewards`` the scoring runs on the reward
+        worker (``RewardSet.score_async``) while the step goes on with work that needs no reward (the old/reference
+        log-probs, the first policy forward); ``_await_rewards`` collects it, with the same values."""
         G = self.sampling.num_generations
         prompts = self._to_device(self.prompt_collate(samples))
         if not prompts["num_samples"]:
             return {"prompts": prompts, "groups": 0}
-        with timer("generation"):
+        with timer("generation"), direct_submodule_calls(self.model):
             roll = self.engine.generate(self.model, self.encoder, prompts, self.sampling)
         expanded = [s for s in prompts["samples"] for _ in range(G)]
+        context = dict(prompts=[t for t in prompts["prompts"] for _ in range(G)],
+                       reasoning=[r for r in prompts["reasoning"] for _ in range(G)], step=self.global_step)
+        part = {"prompts": prompts, "rollouts": roll, "groups": prompts["num_samples"], "samples": expanded}
+        if defer_rewards:
+            part["pending"] = self.rewards.score_async(roll.texts, expanded, **context)
+            return part
         with timer("rewards"):
-            per_reward = self.rewards.score(roll.texts, expanded,
-                                            prompts=[t for t in prompts["prompts"] for _ in range(G)],
-                                            reasoning=[r for r in prompts["reasoning"] for _ in range(G)],
-                                            step=self.global_step)
-        totals = combine_rewards(per_reward, self.rewards.weights)
-        return {"prompts": prompts, "rollouts": roll, "per_reward": per_reward, "totals": totals,
-                "groups": prompts["num_samples"], "samples": expanded}
+            part["per_reward"] = self.rewards.score(roll.texts, expanded, **context)
+        part["totals"] = combine_rewards(part["per_reward"], self.rewards.weights)
+        return part
+
+    def _await_rewards(self, parts: list[dict[str, Any]], groups: list[dict[str, Any]], timer: StepTimer) -> None:
+        """Wait for deferred reward scoring and hand each group its rows (what ``_flatten_groups`` does at once when
+        the rewards were scored synchronously)."""
+        G = self.sampling.num_generations
+        for part in parts:
+            future = part.pop("pending", None)
+            if future is None:
+                continue
+            with timer("rewards"):  # only the time the step waited: the scoring itself overlapped other work
+                part["per_reward"] = future.result()  # a RewardError under reward_errors=fail surfaces here
+            part["totals"] = combine_rewards(part["per_reward"], self.rewards.weights)
+            for grp in groups:
+                if grp["part"] is part:
+                    rows = slice(grp["index"] * G, (grp["index"] + 1) * G)
+                    grp["totals"] = part["totals"][rows]
+                    grp["per_reward"] = {k: v[rows] for k, v in part["per_reward"].items()}
 
     def _select_groups(self, first: dict[str, Any], timer: StepTimer) -> tuple[list[dict[str, Any]], int]:
         """Dynamic sampling: keep groups whose rewards differ; refill from extra prompts, bounded by rounds."""
@@ -136,18 +166,20 @@ class GRPOModule(ChexoneModule):
         G = self.sampling.num_generations
         timer = StepTimer()
         t_step = time.perf_counter()
-        parts, rounds = self._select_groups(self._rollout(samples, timer), timer)
+        # Without dynamic sampling nothing has to wait for the rewards before the loss: they are scored in the
+        # background meanwhile (dynamic sampling needs them at once, to decide which prompts to replace).
+        defer = not g.dynamic_sampling
+        parts, rounds = self._select_groups(self._rollout(samples, timer, defer_rewards=defer), timer)
         groups = self._flatten_groups(parts)
         if not groups:
+            for part in parts:  # collect (and so check) any deferred scoring before moving on
+                self._await_rewards([part], [], timer)
             log.warning("step %d: no usable prompt in this generation batch; skipped", self.global_step)
             return None
         if g.dynamic_sampling:
             informative = [grp for grp in groups if not zero_std_groups(grp["totals"], G)[0]]
             groups = (informative or groups)[: self.cfg.grpo.prompts_per_step]
-        totals = [r for grp in groups for r in grp["totals"]]
-        advantages, adv_stats = group_advantages(totals, G, scale=g.scale_rewards)
-        for i, grp in enumerate(groups):
-            grp["advantages"] = advantages[i * G : (i + 1) * G].to(self.device)
+        for grp in groups:
             mask = grp["completion_mask"].clone()
             if g.mask_truncated_completions:
                 mask[grp["truncated"]] = 0
@@ -161,12 +193,11 @@ class GRPOModule(ChexoneModule):
         with timer("logps"), torch.no_grad():
             for mb in micro:
                 if need_old:
-                    batch, predict, _ = self._policy_batch(mb, self.model)
-                    self._split_into(mb, "old_logps", token_logps(self.model, batch, predict, g.temperature))
+                    self._split_into(mb, "old_logps", self._completion_logps(mb, self.model))
                 if self.ref_model is not None:
-                    rbatch, rpredict, _ = self._policy_batch(mb, self.ref_model)
-                    self._split_into(mb, "ref_logps", token_logps(self.ref_model, rbatch, rpredict, g.temperature))
+                    self._split_into(mb, "ref_logps", self._completion_logps(mb, self.ref_model))
 
+        advantages = adv_stats = None
         opt = self.optimizers()
         sched = self.lr_schedulers()
         stats: dict[str, list[float]] = defaultdict(list)
@@ -174,9 +205,11 @@ class GRPOModule(ChexoneModule):
             opt.zero_grad()
             for mb in micro:
                 with timer("policy"):
-                    batch, predict, width = self._policy_batch(mb, self.model, grad=True)
-                    lp, ent = token_logps(self.model, batch, predict, g.temperature, with_entropy=True)
-                    lp, ent = lp[:, -width:], ent[:, -width:]
+                    lp, ent = self._completion_logps(mb, self.model, grad=True, with_entropy=True)
+                    if advantages is None:  # first needed here: the rewards had the passes above to finish
+                        self._await_rewards(parts, groups, timer)
+                        advantages, adv_stats = self._advantages(groups)
+                    width = lp.shape[1]
                     mask = _cat(mb, "loss_mask", width, 0)
                     old = _cat(mb, "old_logps", width, 0.0) if "old_logps" in mb[0] else lp.detach()
                     ref = _cat(mb, "ref_logps", width, 0.0) if "ref_logps" in mb[0] else None
@@ -187,20 +220,29 @@ class GRPOModule(ChexoneModule):
                     weight = 1.0 if g.loss_type == "dapo" else len(mb) / len(groups)
                     self.manual_backward(out.loss * weight)
                     self.add_to_step_loss(out.loss * weight)
-                    self.throughput.add(int(batch["attention_mask"].sum()), int(batch["attention_mask"].shape[0]))
+                    self.throughput.add(*_sequence_tokens(mb))
                 stats["loss"].append(float(out.loss.detach()) * weight)
                 stats["kl"].append(out.kl)
                 stats["clip_low"].append(out.clip_low)
                 stats["clip_high"].append(out.clip_high)
                 stats["entropy"].append(float((ent * mask).sum() / mask.sum().clamp(min=1)))
             if self.guard_step(opt) and self.cfg.optim.max_grad_norm:
-                self.clip_gradients(opt, gradient_clip_val=self.cfg.optim.max_grad_norm, gradient_clip_algorithm="norm")
+                self.clip_gradient_norm(opt, self.cfg.optim.max_grad_norm)
             opt.step()  # after a skipped step the gradients are cleared: weights and AdamW state stay as they were
             sched.step()
 
         timer.seconds["step"] = time.perf_counter() - t_step
         self._log_step(groups, advantages, adv_stats, stats, timer, rounds, opt)
         return None
+
+    def _advantages(self, groups: list[dict[str, Any]]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Group-normalised advantages of the kept groups (each group gets its G rows)."""
+        G = self.sampling.num_generations
+        totals = [r for grp in groups for r in grp["totals"]]
+        advantages, adv_stats = group_advantages(totals, G, scale=self.cfg.grpo.scale_rewards)
+        for i, grp in enumerate(groups):
+            grp["advantages"] = advantages[i * G : (i + 1) * G].to(self.device)
+        return advantages, adv_stats
 
     def _needs_old_logps(self) -> bool:
         """A separate old-policy pass is needed only when the weights change between generation and a loss: with one
@@ -234,22 +276,76 @@ class GRPOModule(ChexoneModule):
                     "completion_mask": roll.completion_mask[rows],
                     "truncated": roll.truncated[rows],
                     "texts": roll.texts[rows],
-                    "totals": part["totals"][rows],
-                    "per_reward": {k: v[rows] for k, v in part["per_reward"].items()},
+                    "part": part,  # where a deferred score comes from (``_await_rewards``)
+                    "index": p,
                 })
+                if "totals" in part:
+                    groups[-1]["totals"] = part["totals"][rows]
+                    groups[-1]["per_reward"] = {k: v[rows] for k, v in part["per_reward"].items()}
         return groups
 
-    def _policy_batch(self, mb: list[dict[str, Any]], model: nn.Module, grad: bool = False):
-        """Teacher-forcing batch for a micro-batch of groups; images encoded once per prompt with ``model``."""
-        G = self.sampling.num_generations
+    def _completion_logps(self, mb: list[dict[str, Any]], model: nn.Module, grad: bool = False,
+                          with_entropy: bool = False):
+        """Log-probs [rows, width] of a micro-batch's completion tokens under ``model`` (and their entropy), each
+        image encoded once per prompt. With ``grpo.share_prompt`` each prompt is also computed once per group
+        (``shared_prefix``); otherwise it is repeated for each of its G completions."""
+        G, temperature = self.sampling.num_generations, self.cfg.grpo.temperature
         width = max(grp["completion_ids"].shape[1] for grp in mb)
         prompts = _stack_prompts([grp["prompt"] for grp in mb], self.encoder.pad_token_id)
         ids = torch.cat([_pad_right(grp["completion_ids"], width, self.encoder.pad_token_id) for grp in mb])
         mask = torch.cat([_pad_right(grp["completion_mask"], width, 0) for grp in mb])
-        with torch.set_grad_enabled(grad):  # FSDP2 encodes pixels inside its root forward instead
-            feats = None if is_fsdp2(model) else shared_image_features(model, prompts)
-        batch, predict = build_policy_batch(prompts, ids, mask, G, feats)
-        return batch, predict, width
+        with torch.set_grad_enabled(grad):
+            feats = None if is_fsdp2(model) else self._image_features(mb, model, prompts)  # FSDP2: in its root forward
+            if self._share_prompt(model):
+                return shared_prefix_logps(model, prompts, ids, mask, G, feats, temperature, with_entropy)
+            batch, predict = build_policy_batch(prompts, ids, mask, G, feats)
+            out = token_logps(model, batch, predict, temperature, with_entropy=with_entropy)
+        if with_entropy:
+            return out[0][:, -width:], out[1][:, -width:]
+        return out[:, -width:]
+
+    def _image_features(self, mb: list[dict[str, Any]], model: nn.Module, prompts: dict[str, Any]):
+        """Per-image features of a micro-batch's prompts under ``model``, each image encoded once per pass. With a
+        frozen vision tower (stage 2's default) the tower's output is the same in every pass of the step (old,
+        reference, each iteration's policy pass): it is computed once per prompt and only the merger runs again."""
+        if prompts.get("pixel_values") is None:
+            return None
+        if not self._tower_states_reusable(model):
+            return shared_image_features(model, prompts)
+        feats: list[torch.Tensor] = []
+        for grp in mb:
+            prompt = grp["prompt"]
+            if prompt.get("pixel_values") is None:
+                continue
+            if "tower_states" not in grp:
+                grp["tower_states"] = compat.vision_tower_states(self.model, prompt["pixel_values"],
+                                                                 prompt["image_grid_thw"])
+            feats.extend(compat.merge_vision_states(model, *grp["tower_states"], prompt["image_grid_thw"]))
+        return feats
+
+    def _tower_states_reusable(self, model: nn.Module) -> bool:
+        """The policy's vision blocks are frozen, and ``model`` (the policy or the reference) has the same blocks."""
+        if self._tower_reuse is None:
+            blocks = [(n, p) for n, p in self.model.model.visual.named_parameters() if not n.startswith("merger.")]
+            frozen = bool(blocks) and not any(p.requires_grad for _, p in blocks)
+            same_as_ref = False
+            if frozen and self.ref_model is not None:
+                ref = dict(self.ref_model.model.visual.named_parameters())
+                same_as_ref = all(n in ref and ref[n].shape == p.shape and torch.equal(ref[n].to(p.device), p)
+                                  for n, p in blocks)
+            self._tower_reuse = {"policy": frozen, "ref": same_as_ref}
+        return self._tower_reuse["policy" if model is self.model else "ref"]
+
+    def _share_prompt(self, model: nn.Module) -> bool:
+        """Whether ``model``'s passes compute each prompt once (``grpo.share_prompt``, when the model supports it);
+        the first time a model cannot, the reason is logged."""
+        if not self.cfg.grpo.share_prompt:
+            return False
+        ok, why = supports_shared_prefix(model)
+        if not ok and id(model) not in self._share_prompt_warned:
+            self._share_prompt_warned.add(id(model))
+            log.info("grpo.share_prompt: repeating each prompt per completion instead: %s", why)
+        return ok
 
     @staticmethod
     def _split_into(mb: list[dict[str, Any]], key: str, values: torch.Tensor) -> None:
@@ -282,6 +378,18 @@ class GRPOModule(ChexoneModule):
                 v = torch.tensor(vals)
                 metrics[f"reward/{name}_mean"] = float(v.mean())
                 metrics[f"reward/{name}_std"] = float(v.std()) if v.numel() > 1 else 0.0
+        # per task family (docs/logging.md): a family's curve is logged in the steps that sampled its prompts
+        by_family: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for grp in groups:
+            by_family[self.task_lookup(grp["sample"].task).family].append(grp)
+        for family, members in sorted(by_family.items()):
+            fam_totals = [r for grp in members for r in grp["totals"] if r is not None]
+            if fam_totals:
+                metrics[f"reward/{family}/total_mean"] = sum(fam_totals) / len(fam_totals)
+            for name in self.rewards.weights:
+                vals = [v for grp in members for v in grp["per_reward"][name] if v is not None]
+                if vals:
+                    metrics[f"reward/{family}/{name}_mean"] = sum(vals) / len(vals)
         metrics["frac_reward_zero_std"] = adv_stats["frac_reward_zero_std"]
         lengths = torch.cat([grp["completion_mask"].sum(1) for grp in groups]).float()
         truncated = torch.cat([grp["truncated"] for grp in groups]).float()
@@ -306,15 +414,33 @@ class GRPOModule(ChexoneModule):
             self._write_completions(groups)
 
     def _write_completions(self, groups: list[dict[str, Any]]) -> None:
-        rows = []
-        for grp in groups:
+        """Append the step's completions to completions.jsonl, each row naming a thumbnail of its first image (one per
+        prompt; one per completion for grounding, with the reference boxes green and the predicted ones red) under
+        completions/step-NNNNNN/, and log them as a W&B table with the same thumbnails."""
+        from chexone.dashboard.thumbnails import completion_thumbnail, predicted_answer, save_png, thumbnail_path
+
+        rows, thumbs = [], []
+        for p, grp in enumerate(groups):
             s = grp["sample"]
+            grounding = self.task_lookup(s.task).family == "grounding"
+            shared = None
+            if s.images and not grounding:
+                shared = (thumbnail_path(self.global_step, p), completion_thumbnail(s.images[0]))
             for i, text in enumerate(grp["texts"]):
+                thumb = shared
+                if s.images and grounding:
+                    thumb = (thumbnail_path(self.global_step, p, i),
+                             completion_thumbnail(s.images[0], reference=s.answer,
+                                                  prediction=predicted_answer(text, self.style.boxed)))
+                thumbs.append(thumb)
                 rows.append({"step": self.global_step, "id": s.id, "task": s.task, "question": s.question,
                              "answer": s.answer, "completion": text, "total_reward": grp["totals"][i],
                              "rewards": {k: v[i] for k, v in grp["per_reward"].items()},
-                             "advantage": float(grp["advantages"][i])})
+                             "advantage": float(grp["advantages"][i]), "image": thumb[0] if thumb else None})
         self.completions_path.parent.mkdir(parents=True, exist_ok=True)
+        unique = {t[0]: t[1] for t in thumbs if t}
+        for rel, image in unique.items():
+            save_png(image, self.completions_path.parent / rel)
         with self.completions_path.open("a", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps(row) + "\n")
@@ -324,13 +450,20 @@ class GRPOModule(ChexoneModule):
         if isinstance(logger, WandbLogger):
             import wandb
 
+            images = {rel: wandb.Image(image) for rel, image in unique.items()}  # a prompt's image stored once
             table = wandb.Table(columns=["step", "id", "task", "image", "question", "completion", "total_reward"])
-            for grp in groups:
-                s = grp["sample"]
-                image = wandb.Image(s.images[0].copy().resize((96, 96))) if s.images else None
-                for i, text in enumerate(grp["texts"]):
-                    table.add_data(self.global_step, s.id, s.task, image, s.question, text, grp["totals"][i])
+            for row in rows:
+                table.add_data(row["step"], row["id"], row["task"], images.get(row["image"]), row["question"],
+                               row["completion"], row["total_reward"])
             logger.experiment.log({"completions": table})
+
+
+def _sequence_tokens(mb: list[dict[str, Any]]) -> tuple[int, int]:
+    """(tokens, sequences) a micro-batch trains on, counting each completion with its prompt (the same count whichever
+    way the pass computes the prompts, so throughput stays comparable)."""
+    tokens = sum(int(grp["prompt"]["attention_mask"].sum()) * grp["completion_mask"].shape[0]
+                 + int(grp["completion_mask"].sum()) for grp in mb)
+    return tokens, sum(grp["completion_mask"].shape[0] for grp in mb)
 
 
 def _cat(mb: list[dict[str, Any]], key: str, width: int, value: float) -> torch.Tensor:

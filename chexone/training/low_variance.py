@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from chexone.data.collate import PromptCollator
+from chexone.data.remote import redact, split_name
 from chexone.data.sample import Sample
 from chexone.model.processor import PromptEncoder
 from chexone.progress import progress
@@ -87,7 +88,7 @@ class VarianceScorer:
         self.engine = make_engine(cfg.grpo.engine, torch.Generator().manual_seed(cfg.trainer.seed))
         self.settings = SamplingSettings(num_generations=f.num_generations, max_new_tokens=f.max_completion_length,
                                          temperature=f.temperature, top_p=f.top_p, top_k=f.top_k,
-                                         repetition_penalty=1.0)
+                                         repetition_penalty=1.0, return_logps=False)  # only rewards are used
         self.rewards = RewardSet(list(cfg.grpo.rewards), cfg.data.boxed, cfg.grpo.reward_errors,
                                  task_names=list(cfg.data.tasks) or None, task_lookup=task_lookup)
         self.batch_prompts = f.batch_prompts
@@ -107,13 +108,15 @@ class VarianceScorer:
             for p, s in enumerate(batch["samples"]):
                 group = totals[p * K : (p + 1) * K]
                 applicable = [x for x in group if x is not None]
-                out.append(ScoredSample(s.id, s.task, shard, reward_variance(group),
+                out.append(ScoredSample(s.id, s.task, redact(shard), reward_variance(group),
                                         float(np.mean(applicable)) if applicable else 0.0))
         return out
 
 
 def _scores_path(out: Path, shard: str) -> Path:
-    return out / "scores" / (Path(shard).name + ".jsonl")
+    """Where a shard's scores go: named after the shard's file name (for a URL, its last path segment, so no query
+    string holding a token ends up in a file name)."""
+    return out / "scores" / (split_name(shard)[1] + ".jsonl")
 
 
 def score_shards(shards: list[str], scorer: Any, out: Path, *, task_filter: list[str] | None = None) -> list[ScoredSample]:

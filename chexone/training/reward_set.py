@@ -27,7 +27,9 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import threading
 from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
@@ -118,10 +120,11 @@ def plan_rewards(specs: Iterable[Any], task_names: Iterable[str],
 
 class RewardSet:
     """The run's reward plan; ``score`` calls each reward once on the completions it applies to and checks every
-    value."""
+    value. ``score_async`` does the same on a background thread, so rewards can be computed while the caller runs
+    other work (e.g. the log-prob passes of a GRPO step, which do not need rewards)."""
 
     def __init__(self, specs: list[Any], boxed: str, on_error: str, *, task_names: Iterable[str] | None = None,
-                 task_lookup: Callable[[str], Any] | None = None):
+                 task_lookup: Callable[[str], Any] | None = None, workers: int = 1):
         if not specs:
             raise ValueError("grpo.rewards is empty: list at least one reward, e.g. [{name: format}, {name: vqa}]")
         if on_error not in ("fail", "zero"):
@@ -137,6 +140,20 @@ class RewardSet:
         self.boxed = boxed
         self.on_error = on_error
         self.errors: dict[str, int] = defaultdict(int)
+        if workers < 1:
+            raise ValueError(f"RewardSet(workers={workers}): at least one worker thread is needed")
+        self.workers = workers
+        self._executor: ThreadPoolExecutor | None = None  # started on the first score_async
+        self._errors_lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:  # threads and locks do not pickle; a copy starts its own
+        state = dict(self.__dict__)
+        state["_executor"], state["_errors_lock"] = None, None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._errors_lock = threading.Lock()
 
     def describe(self) -> str:
         return "rewards: " + " | ".join(p.describe() for p in self.plans)
@@ -159,6 +176,29 @@ class RewardSet:
                     values[i] = v
             out[plan.name] = values
         return out
+
+    def score_async(self, texts: list[str], samples: list[Sample], *, prompts: Sequence[str] | None = None,
+                    reasoning: Sequence[bool] | None = None, step: int = 0) -> Future:
+        """``score`` on a background worker: returns at once with a future whose ``result()`` is exactly what
+        ``score`` returns, or raises what it raises (a ``RewardError`` under ``grpo.reward_errors=fail``).
+
+        Every reward runs on the worker, cheap ones included: a reward declares no cost, the cheap built-in ones
+        take microseconds, and one code path keeps the rewards' order and the error counts as in ``score``. With
+        the default single worker, calls run one after another in the order they were made. Error counts
+        (``errors``) are complete once ``result()`` has returned. The inputs are copied, so the caller may reuse
+        its lists at once.
+        """
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="chexone-rewards")
+        return self._executor.submit(self.score, list(texts), list(samples),
+                                     prompts=list(prompts) if prompts is not None else None,
+                                     reasoning=list(reasoning) if reasoning is not None else None, step=step)
+
+    def close(self) -> None:
+        """Stop the background worker after the calls already made (a later ``score_async`` starts a new one)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
 
     def _score_reward(self, name: str, fn: Callable, kwargs: dict, texts: list[str],
                       samples: list[Sample]) -> list[float | None]:
@@ -196,7 +236,8 @@ class RewardSet:
                    f"{text[:200]!r}: {cause}")
         if self.on_error == "fail":
             raise RewardError(message + " (set grpo.reward_errors=zero to score 0 and continue)") from err
-        self.errors[name] += 1
+        with self._errors_lock:
+            self.errors[name] += 1
         log.warning(message + " -> scored 0")
         return 0.0
 
@@ -207,7 +248,8 @@ class RewardSet:
         message = f"reward {name!r} {cause} (samples {shown}; first completion {texts[0][:200]!r})"
         if self.on_error == "fail":
             raise RewardError(message + " (set grpo.reward_errors=zero to score 0 and continue)")
-        self.errors[name] += len(texts)
+        with self._errors_lock:
+            self.errors[name] += len(texts)
         log.warning(message + f" -> all {len(texts)} completions scored 0")
         return [0.0] * len(texts)
 

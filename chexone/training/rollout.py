@@ -13,19 +13,12 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from transformers import (
-    LogitsProcessorList,
-    RepetitionPenaltyLogitsProcessor,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
 
 from chexone.model import transformers_compat as compat
 from chexone.model.processor import PromptEncoder
-from chexone.training.core import model_inputs
+from chexone.training.core import is_fsdp2, model_inputs, token_logps
+from chexone.training.sampling import exponential_race, filter_scores, greedy
 
 ENGINES = ("shared_prefill", "hf_generate")
 
@@ -39,8 +32,8 @@ class SamplingSettings:
     top_k: int = 50
     repetition_penalty: float = 1.1
     do_sample: bool = True
-    #: Keep the sampled tokens' log-probs (GRPO needs them; plain evaluation does not: HF ``generate`` would hold
-    #: every step's full-vocabulary logits to provide them).
+    #: Compute the sampled tokens' log-probs (``Rollouts.sampling_logps``). GRPO does not read them (its loss scores
+    #: the completions by teacher forcing) and turns this off; each engine then skips that work entirely.
     return_logps: bool = True
 
 
@@ -50,7 +43,8 @@ class Rollouts:
 
     completion_ids: torch.Tensor  # [P*G, Lc], pad after the stop token
     completion_mask: torch.Tensor  # [P*G, Lc], 1 up to and including the stop token
-    sampling_logps: torch.Tensor  # [P*G, Lc], log softmax(logits / T) of the sampled tokens (0 where masked)
+    sampling_logps: torch.Tensor  # [P*G, Lc], log softmax(logits / T) of the sampled tokens (0 where masked; all 0
+    #                               without ``return_logps``)
     texts: list[str]
     truncated: torch.Tensor  # [P*G] no stop token within max_new_tokens
 
@@ -97,31 +91,27 @@ def _finish(encoder: PromptEncoder, tokens: torch.Tensor, logps: torch.Tensor) -
     return Rollouts(tokens, mask, logps, texts, ~is_eos.any(dim=1))
 
 
-def _processors(settings: SamplingSettings) -> LogitsProcessorList:
-    procs = LogitsProcessorList()
-    if settings.repetition_penalty and settings.repetition_penalty != 1.0:
-        procs.append(RepetitionPenaltyLogitsProcessor(settings.repetition_penalty))
-    if settings.do_sample:
-        if settings.temperature != 1.0:
-            procs.append(TemperatureLogitsWarper(settings.temperature))
-        if settings.top_k:
-            procs.append(TopKLogitsWarper(settings.top_k))
-        if settings.top_p < 1.0:
-            procs.append(TopPLogitsWarper(settings.top_p))
-    return procs
-
-
 class SharedPrefillEngine:
-    """Prefill each prompt once (image encoded once), fork the KV cache G ways, sample with HF logits processors.
+    """Prefill each prompt once (image encoded once), fork the KV cache G ways, then decode all rows together.
+
+    Per step, the work besides the model forward is one pass of ``chexone.training.sampling`` over the [rows, vocab]
+    scores (no full-vocabulary sort; no log-softmax unless ``settings.return_logps``) and no host sync: whether rows
+    have finished is read every ``check_every`` steps (default: every step on CPU, where reading costs nothing; every
+    8th on accelerators, where it would stall the queue of launched kernels). Finished rows are then dropped from the
+    batch and the KV cache, so they stop costing compute. For a given generator the tokens are those of HF's logits
+    processors followed by ``torch.multinomial`` on every row: noise is drawn for every row at every step, as
+    multinomial does, so a row's tokens never depend on when other rows finish, and the draws of steps run after the
+    last row stopped (between two checks) are rewound out of the generator.
 
     ``on_tokens`` (optional) is called after every decoding step with the tokens just chosen ([rows], pad for rows
     already finished) and may return True to stop early: the streaming server uses it to send text as it is made.
     """
 
     def __init__(self, generator: torch.Generator | None = None,
-                 on_tokens: Callable[[torch.Tensor], bool | None] | None = None):
+                 on_tokens: Callable[[torch.Tensor], bool | None] | None = None, check_every: int | None = None):
         self.generator = generator
         self.on_tokens = on_tokens
+        self.check_every = check_every
 
     @torch.no_grad()
     def generate(self, model: nn.Module, encoder: PromptEncoder, batch: dict[str, Any],
@@ -133,9 +123,29 @@ class SharedPrefillEngine:
         finally:
             model.train(was_training)
 
+    def _sampling_generator(self, device: torch.device) -> torch.Generator | None:
+        """The generator the noise comes from (the default one of ``device`` when none was given), or None where the
+        default generator is not reachable (then every step is checked, so nothing needs rewinding)."""
+        if self.generator is not None:
+            return self.generator
+        if device.type == "cpu":
+            return torch.default_generator
+        if device.type == "cuda":
+            return torch.cuda.default_generators[device.index if device.index is not None else
+                                                 torch.cuda.current_device()]
+        return None
+
+    def _check_interval(self, device: torch.device, generator: torch.Generator | None, sampling: bool) -> int:
+        if self.on_tokens is not None or (sampling and generator is None):
+            return 1
+        if self.check_every is not None:
+            return max(1, int(self.check_every))
+        return 1 if device.type == "cpu" else 8
+
     def _generate(self, model, encoder, batch, settings) -> Rollouts:
         G = settings.num_generations
         ids, attn = batch["input_ids"], batch["attention_mask"]
+        device, pad, eos = ids.device, encoder.pad_token_id, encoder.eos_token_id
         features = shared_image_features(model, batch)
         positions, deltas = compat.rope_positions(model, ids, attn, batch.get("image_grid_thw"),
                                                   batch.get("mm_token_type_ids"))
@@ -143,42 +153,94 @@ class SharedPrefillEngine:
                                                   attention_mask=attn, position_ids=positions)
         compat.repeat_cache(cache, G)
         logits = logits[:, -1].float().repeat_interleave(G, dim=0)
-        attn = attn.repeat_interleave(G, dim=0)
-        deltas = deltas.repeat_interleave(G, dim=0)
-        seq = ids.repeat_interleave(G, dim=0)
-        procs = _processors(settings)
-        suppress = torch.tensor(encoder.suppressed_token_ids(), dtype=torch.long, device=ids.device)
-        done = torch.zeros(seq.shape[0], dtype=torch.bool, device=ids.device)
-        tokens, logps = [], []
-        for _ in range(settings.max_new_tokens):
-            raw = logits / settings.temperature if settings.do_sample else logits
-            scores = logits.clone()
-            if suppress.numel():
-                scores[:, suppress] = float("-inf")
-            scores = procs(seq, scores)
+        rows, prompt_len, max_new = ids.shape[0] * G, ids.shape[1], settings.max_new_tokens
+        # Per row still decoding: every token so far (the repetition penalty reads the prompt too, as generate's does),
+        # the attention mask (filled ahead) and the RoPE position of its first new token.
+        seen = torch.full((rows, prompt_len + max_new), pad, dtype=ids.dtype, device=device)
+        seen[:, :prompt_len] = ids.repeat_interleave(G, dim=0)
+        mask = torch.ones((rows, prompt_len + max_new), dtype=attn.dtype, device=device)
+        mask[:, :prompt_len] = attn.repeat_interleave(G, dim=0)
+        first_position = (attn.sum(-1, keepdim=True) + deltas).repeat_interleave(G, dim=0)
+        active = torch.arange(rows, device=device)  # the output row of each row still decoding
+        done = torch.zeros(rows, dtype=torch.bool, device=device)
+        # Outputs, in output rows.
+        tokens = torch.full((rows, max_new), pad, dtype=torch.long, device=device)
+        logps = torch.zeros((rows, max_new), dtype=torch.float32, device=device)
+        invalid = torch.zeros((), dtype=torch.bool, device=device)
+        suppress = torch.tensor(encoder.suppressed_token_ids(), dtype=torch.long, device=device)
+        generator = self._sampling_generator(device) if settings.do_sample else None
+        every = self._check_interval(device, generator, settings.do_sample)
+        states: list[torch.Tensor] = []  # generator state after each step since the last check
+        checked = 0  # steps done at the last check
+        steps = 0
+        for t in range(max_new):
+            scores = filter_scores(logits, seen[:, : prompt_len + t], suppress, do_sample=settings.do_sample,
+                                   temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
+                                   repetition_penalty=settings.repetition_penalty)
             if settings.do_sample:
-                nxt = torch.multinomial(F.softmax(scores, dim=-1), 1, generator=self.generator).squeeze(1)
+                noise = torch.empty((rows, scores.shape[-1]), dtype=scores.dtype, device=device)
+                noise.exponential_(generator=generator)
+                if every > 1:
+                    states.append(generator.get_state())
+                nxt, bad = exponential_race(scores, noise if active.numel() == rows else noise[active])
             else:
-                nxt = scores.argmax(dim=-1)
-            nxt = torch.where(done, torch.full_like(nxt, encoder.pad_token_id), nxt)
-            logps.append(torch.log_softmax(raw, dim=-1).gather(1, nxt[:, None]).squeeze(1))
-            tokens.append(nxt)
-            done = done | (nxt == encoder.eos_token_id)
-            if self.on_tokens is not None and self.on_tokens(nxt):
+                nxt, bad = greedy(scores)
+            invalid |= (bad & ~done).any()
+            nxt = nxt.masked_fill(done, pad)
+            if settings.return_logps:  # log softmax(logits / T) of the chosen token, without a [rows, vocab] result
+                raw = logits / settings.temperature if settings.do_sample else logits
+                logps[active, t] = raw.gather(1, nxt[:, None]).squeeze(1) - raw.logsumexp(dim=-1)
+            tokens[active, t] = nxt
+            done |= nxt == eos
+            steps = t + 1
+            if self.on_tokens is not None and self.on_tokens(tokens[:, t]):
                 break
-            if bool(done.all()):
+            if steps == max_new:
                 break
-            seq = torch.cat([seq, nxt[:, None]], dim=1)
-            attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
-            pos = (attn.sum(-1, keepdim=True) - 1 + deltas)[None].expand(3, -1, -1)
-            logits, cache = compat.forward_with_cache(model, input_ids=nxt[:, None], attention_mask=attn,
-                                                      position_ids=pos, cache=cache)
+            if steps % every == 0:
+                flags = torch.cat([done, invalid.view(1)]).cpu()  # the only host sync of these steps
+                finished = flags[:-1]
+                _raise_if_invalid(flags[-1], steps)
+                if bool(finished.all()):
+                    break
+                states.clear()
+                checked = steps
+                if bool(finished.any()):  # drop finished rows from the batch and the KV cache
+                    keep = (~finished).nonzero().squeeze(1).to(device)
+                    compat.select_cache_rows(cache, keep)
+                    seen, mask, first_position = seen[keep], mask[keep], first_position[keep]
+                    active, done, nxt = active[keep], done[keep], nxt[keep]
+            seen[:, prompt_len + t] = nxt
+            logits, cache = compat.forward_with_cache(
+                model, input_ids=nxt[:, None], attention_mask=mask[:, : prompt_len + t + 1],
+                position_ids=(first_position + t)[None].expand(3, -1, -1), cache=cache)
             logits = logits[:, -1].float()
-        return _finish(encoder, torch.stack(tokens, dim=1), torch.stack(logps, dim=1))
+        _raise_if_invalid(invalid, steps)
+        width = steps
+        is_eos = tokens[:, :steps] == eos
+        if bool(is_eos.any(dim=1).all()):  # every row stopped: the output ends at the step the last one did
+            last_stop = int(is_eos.int().argmax(dim=1).max())
+            width = last_stop + 1
+            if states and last_stop < steps - 1:  # rewind the draws made after it
+                generator.set_state(states[last_stop - checked])
+        return _finish(encoder, tokens[:, :width], logps[:, :width])
+
+
+def _raise_if_invalid(invalid: torch.Tensor, step: int) -> None:
+    if bool(invalid):
+        raise RuntimeError(f"the model's next-token scores hold NaN for a row still decoding (within the first {step} "
+                           "steps): its weights or inputs are not finite")
 
 
 class HFGenerateEngine:
-    """``model.generate(num_return_sequences=G)``: re-encodes each image and re-prefills each prompt G times."""
+    """``model.generate(num_return_sequences=G)``: re-encodes each image and re-prefills each prompt G times.
+
+    With ``return_logps`` the sampled tokens' log-probs come from one teacher-forced pass over the completions after
+    generation (``teacher_forced_logps``), not from ``output_logits``: generate would keep every step's [rows, vocab]
+    float32 logits until it returns (about 20 GB for 16 rows x 2048 tokens of Qwen's vocabulary), while the pass
+    costs one forward over the completions, holds at most ``selected_token_logps``'s chunk of logits, and gives the
+    same numbers (``tests/test_rollout.py``).
+    """
 
     @torch.no_grad()
     def generate(self, model: nn.Module, encoder: PromptEncoder, batch: dict[str, Any],
@@ -190,8 +252,7 @@ class HFGenerateEngine:
             max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample,
             num_return_sequences=settings.num_generations, eos_token_id=encoder.eos_token_id,
             pad_token_id=encoder.pad_token_id, suppress_tokens=encoder.suppressed_token_ids(),
-            repetition_penalty=settings.repetition_penalty, output_logits=settings.return_logps,
-            return_dict_in_generate=True,
+            repetition_penalty=settings.repetition_penalty, return_dict_in_generate=True,
         )
         if settings.do_sample:
             kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k or None)
@@ -201,16 +262,25 @@ class HFGenerateEngine:
         model.eval()
         try:
             out = model.generate(**inputs, **kwargs)
+            tokens = out.sequences[:, inputs["input_ids"].shape[1] :]
+            rollouts = _finish(encoder, tokens, torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device))
+            if settings.return_logps:
+                temperature = settings.temperature if settings.do_sample else 1.0
+                rollouts.sampling_logps = teacher_forced_logps(model, batch, rollouts.completion_ids,
+                                                               rollouts.completion_mask, settings.num_generations,
+                                                               temperature)
         finally:
             model.train(was_training)
-        tokens = out.sequences[:, inputs["input_ids"].shape[1] :]
-        if settings.return_logps:
-            temperature = settings.temperature if settings.do_sample else 1.0
-            raw = torch.stack(out.logits, dim=1).float() / temperature
-            logps = torch.log_softmax(raw, dim=-1).gather(2, tokens[..., None]).squeeze(2)
-        else:
-            logps = torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
-        return _finish(encoder, tokens, logps)
+        return rollouts
+
+
+def teacher_forced_logps(model: nn.Module, prompts: dict[str, Any], completion_ids: torch.Tensor,
+                         completion_mask: torch.Tensor, group: int, temperature: float = 1.0) -> torch.Tensor:
+    """``log softmax(logits / temperature)`` of each completion token under ``model`` ([P*G, Lc], 0 where masked), by
+    one teacher-forced pass with each prompt's images encoded once."""
+    features = None if is_fsdp2(model) else shared_image_features(model, prompts)
+    policy, predict = build_policy_batch(prompts, completion_ids, completion_mask, group, features)
+    return token_logps(model, policy, predict, temperature)[:, -completion_ids.shape[1] :]
 
 
 def make_engine(name: str, generator: torch.Generator | None = None) -> RolloutEngine:

@@ -12,8 +12,9 @@ from chexone.evaluation.predict import Prediction, Predictor
 from chexone.evaluation.scoring import majority_baseline_of, score_predictions
 from chexone.model.processor import PromptEncoder
 from chexone.tasks.base import PromptStyle, Task
-from chexone.training.core import ChexoneModule, sft_loss
+from chexone.training.core import ChexoneModule, is_fsdp2, sft_loss
 from chexone.training.generation import GenerationSettings
+from chexone.training.packing import packed_sft_loss, packing_capacity
 
 
 def prompt_style(data_cfg: Any) -> PromptStyle:
@@ -42,7 +43,7 @@ class SFTModule(ChexoneModule):
             # Every sample of this micro-batch was too long (or refused by its task): a zero loss that still touches
             # the graph keeps DDP ranks in step.
             return sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
-        loss, n_tokens = sft_loss(self.model, batch)
+        loss, n_tokens = self.loss(batch)
         self.add_to_step_loss(loss)
         self.throughput.add(int(batch["attention_mask"].sum()), batch["num_samples"])
         bs = batch["num_samples"]
@@ -52,6 +53,12 @@ class SFTModule(ChexoneModule):
             if batch.get(key):
                 self.log(f"train/{key}", float(batch[key]), reduce_fx="sum", batch_size=bs)
         return loss
+
+    def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
+        """The training loss: on packed rows with ``data.packing`` (equal to the padded batch's, less padding work)."""
+        if self.cfg.data.packing and not is_fsdp2(self.model):  # FSDP2 must go through the root module's forward
+            return packed_sft_loss(self.model, batch, packing_capacity(self.model, self.cfg.data.pack_length))
+        return sft_loss(self.model, batch)
 
     # ------------------------------------------------------------------ validation
     def _predictor(self) -> Predictor:
