@@ -46,6 +46,12 @@ EXTRA_OF = {
     "flash-attn": "gpu",
     "scikit-learn": "reader-study",
     "pingouin": "reader-study",
+    "wandb-workspaces": "dashboard",
+    "boto3": "remote",
+    "botocore": "remote",
+    "fsspec": "remote",
+    "trl": "bench",
+    "datasets": "bench",
 }
 #: declared but never imported by name, and why
 INDIRECT = {
@@ -55,6 +61,8 @@ INDIRECT = {
     "pylibjpeg-openjpeg": "pydicom's JPEG 2000 decoder plugin",
     "pylibjpeg-libjpeg": "pydicom's JPEG / JPEG-LS decoder plugin",
     "pytest-timeout": "pytest plugin: the timeout in [tool.pytest.ini_options]",
+    "flask": "moto's S3 server mode (ThreadedMotoServer, tests/test_remote_shards.py) imports it",
+    "flask-cors": "moto's S3 server mode (ThreadedMotoServer, tests/test_remote_shards.py) imports it",
 }
 
 
@@ -250,7 +258,7 @@ def test_constraints_pin_every_declared_dependency(pyproject):
             assert ver, f"not an exact pin: {line}"
             pins[norm(name)] = ver.strip()
     project = pyproject["project"]
-    groups = ["dev", "metrics", "radgraph", "dicom", "reader-study"]
+    groups = ["dev", "metrics", "radgraph", "dicom", "reader-study", "dashboard"]
     reqs = list(project["dependencies"]) + [r for g in groups for r in project["optional-dependencies"][g]]
     for req in reqs:
         name = requirement_name(req)

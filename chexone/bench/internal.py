@@ -1,4 +1,4 @@
-"""``python -m chexone.bench {rollout,sft} [options]`` — speed measurements whose results go to docs/benchmarks.md.
+"""``python -m chexone.bench {rollout,sft} [options]`` — chexone against itself; results go to docs/benchmarks.md.
 
 ``rollout`` compares the GRPO rollout + log-prob passes with shared per-prompt work (image encoded and prompt prefilled
 once per prompt) against the naive path (HF ``generate(num_return_sequences=G)`` and teacher forcing over G copies of
