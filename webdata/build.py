@@ -24,6 +24,10 @@ A build runs in three resumable phases, all state kept under ``OUT/.parts/``:
    ``manifest.json`` (source, builder version, arguments, split check, per-task and skip counts, throughput) and
    ``skipped.jsonl`` (every skipped record with its file/row and reason) are written, ``.parts`` is removed.
 
+``--out`` may be remote (``s3://bucket/prefix``, an ``https://`` server that accepts PUT, another fsspec URL): the
+set is then built in a local staging directory (``--staging``; a rerun resumes there) and uploaded — shards first,
+``sizes.json`` and ``manifest.json`` last, so readers never see a half-uploaded set as complete (:func:`build_remote`).
+
 Rerunning a finished build with the same arguments does nothing; with other arguments it is refused unless
 ``--overwrite``, which deletes only what the builder wrote. ``--out`` must be a new or empty directory or one the
 builder made; a file or a directory holding other files is refused (:func:`check_out`). Exit status: 0 ok, 2 bad
@@ -42,6 +46,7 @@ import queue as queue_mod
 import re
 import shutil
 import sys
+import tempfile
 import time
 import traceback
 from collections import Counter
@@ -50,6 +55,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from chexone.data import remote
 from chexone.data.sample import SCHEMA_VERSION, Sample
 from chexone.registry import DuplicateNameError, PluginLoadError, PluginTypeError, UnknownNameError
 from webdata.images import DEFAULT_MAX_PIXELS, WINDOW_MODES, ImageError, ImageLoader
@@ -61,7 +67,7 @@ from webdata.writer import ShardWriter, _write_json, brace_pattern
 BUILDER_VERSION = "1.0"
 
 #: Arguments that do not change the output (left out of the fingerprint that decides whether a rerun may resume).
-_NEUTRAL_ARGS = ("workers", "no_progress", "overwrite", "source", "out")
+_NEUTRAL_ARGS = ("workers", "no_progress", "overwrite", "source", "out", "staging")
 
 EXIT_OK, EXIT_USAGE, EXIT_LEAK = 0, 2, 3
 
@@ -83,7 +89,11 @@ def _common_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("input and output")
     g.add_argument("--input", nargs="+", required=True, metavar="PATH", help="annotation file(s) or dataset root")
-    g.add_argument("--out", required=True, metavar="DIR", help="output directory of the shard set")
+    g.add_argument("--out", required=True, metavar="DIR",
+                   help="output directory of the shard set, or a URL (s3://bucket/prefix, https:// accepting PUT)")
+    g.add_argument("--staging", default=None, metavar="DIR",
+                   help="with a remote --out: the local directory the set is built in before the upload (default: "
+                        "one under the system temp directory named after --out; needs room for the whole set)")
     g.add_argument("--prefix", default="", help="shard file prefix (default: the output directory's name)")
     g.add_argument("--shard-size", type=int, default=1000, metavar="N", help="samples per shard (default 1000)")
     g.add_argument("--limit", type=int, default=0, metavar="N", help="convert only the first N units (0 = all)")
@@ -177,7 +187,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     except ValueError as e:
         raise BuildError(str(e)) from None
     if not args.prefix:
-        args.prefix = Path(args.out).resolve().name or args.source
+        if remote.is_remote(args.out):
+            args.prefix = remote.split_name(args.out.rstrip("/"))[1] or args.source
+        else:
+            args.prefix = Path(args.out).resolve().name or args.source
     return args
 
 
@@ -655,6 +668,8 @@ def _plan_into(args: argparse.Namespace, out: Path, log: Callable[[str], None]) 
 def build(args: argparse.Namespace, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)
           ) -> dict[str, Any]:
     """Run (or resume) a build; returns the manifest. Nothing is written to OUT until the plan has succeeded."""
+    if remote.is_remote(str(args.out)):
+        return build_remote(args, log)
     out = Path(args.out)
     parts = out / ".parts"
     fp = fingerprint(args)
@@ -699,6 +714,76 @@ def build(args: argparse.Namespace, log: Callable[[str], None] = lambda m: print
     images = sum(json.loads((parts / p["name"] / "DONE.json").read_text())["images_loaded"] for p in todo)
     manifest = finalize(args, out, parts, plan, seconds, images)
     log(format_summary(manifest, out))
+    return manifest
+
+
+def _remote_manifest(out: str) -> dict[str, Any] | None:
+    """OUT/manifest.json of a remote OUT, or None when there is none."""
+    try:
+        manifest = json.loads(remote.read_bytes(remote.join(out, "manifest.json")).decode("utf-8"))
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        manifest = None
+    if not isinstance(manifest, dict) or manifest.get("builder") != "webdata.build":
+        raise BuildError(f"--out {remote.redact(out)} holds a manifest.json not written by webdata.build (another "
+                         "shard set?); choose another --out")
+    return manifest
+
+
+def build_remote(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
+    """Build into a local staging directory (resumable like any local build), then upload: shards, skipped.jsonl /
+    overlaps.jsonl, then ``sizes.json`` and ``manifest.json`` last. A set already at OUT is kept when built with the
+    same arguments, refused otherwise unless ``--overwrite``; with it, the old sizes.json/manifest.json are removed
+    first and old shards the new set does not overwrite are removed before the new manifest appears."""
+    out = str(args.out).rstrip("/")
+    shown = remote.redact(out)
+    if remote.scheme_of(out) == "pipe":
+        raise BuildError("--out cannot be a pipe: command (pipe: is for reading shards)")
+    try:
+        old = _remote_manifest(out)
+        if old is not None and not args.overwrite:
+            if old.get("fingerprint") == fingerprint(args):
+                log(f"{shown}: already built with these arguments ({old.get('total')} samples); nothing to do")
+                return old
+            raise BuildError(f"{shown} holds a finished shard set built with other arguments (builder "
+                             f"{old.get('builder')}, source {old.get('source')}); pass --overwrite to replace it, or "
+                             "choose another --out")
+        listable = remote.scheme_of(out) not in ("http", "https")
+        stray = [u for u in (remote.glob(remote.join(out, f"{args.prefix}-*.tar")) if listable else [])
+                 if _shard_name(args.prefix).match(remote.split_name(u)[1])]
+        if old is None and stray and not args.overwrite:
+            raise BuildError(f"{shown} already holds {remote.split_name(stray[0])[1]} ... without a manifest.json; "
+                             "pass --overwrite")
+    except (OSError, ImportError, ValueError) as e:  # remote errors name the object, redacted
+        raise BuildError(str(e)) from None
+    staging = Path(args.staging) if args.staging else (
+        Path(tempfile.gettempdir()) / f"webdata-build-{hashlib.sha256(out.encode()).hexdigest()[:16]}")
+    log(f"building in {staging}, then uploading to {shown}")
+    manifest = build(argparse.Namespace(**{**vars(args), "out": str(staging), "staging": None}), log)
+    names = list(manifest["shards"])
+    try:
+        if old is not None:  # readers stop seeing the old set as complete before any of its shards changes
+            for name in ("manifest.json", "sizes.json"):
+                remote.delete(remote.join(out, name))
+        for i, name in enumerate(names, 1):
+            remote.upload_file(staging / name, remote.join(out, name))
+            if i % 50 == 0 or i == len(names):
+                log(f"uploaded {i}/{len(names)} shard(s) to {shown}")
+        for name in ("skipped.jsonl", "overlaps.jsonl"):
+            if (staging / name).exists():
+                remote.upload_file(staging / name, remote.join(out, name))
+        stale = set(stray) | {remote.join(out, n) for n in (old or {}).get("shards", [])
+                              if isinstance(n, str) and n == Path(n).name}
+        for url in sorted(stale - {remote.join(out, n) for n in names}):
+            remote.delete(url)
+        for name in ("sizes.json", "manifest.json"):
+            remote.upload_file(staging / name, remote.join(out, name))
+    except (OSError, ImportError, ValueError) as e:
+        raise BuildError(f"upload to {shown} failed: {e}; the built set stays in {staging}: rerun the same command "
+                         "to upload it again") from None
+    shutil.rmtree(staging, ignore_errors=True)
+    log(f"uploaded {len(names)} shard(s), sizes.json and manifest.json to {shown}")
     return manifest
 
 

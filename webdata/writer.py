@@ -13,6 +13,11 @@ written just before the group's samples, which name it in their ``"images"`` lis
 deterministic for the same samples: tar headers carry mtime 0, uid/gid 0 and no user names, PNGs carry no time chunk.
 A shard is written as ``<name>.tmp`` and renamed when complete; ``sizes.json``/``manifest.json`` are written only by
 a successful :meth:`ShardWriter.close`, so a crashed build is recognisable by their absence.
+
+The output directory may be remote (``s3://bucket/prefix``, an ``https://`` server that accepts PUT, another fsspec
+URL; see :mod:`chexone.data.remote`): each shard is then written to a local temporary file and uploaded when it is
+complete (an S3 or HTTP object appears only whole), and ``sizes.json``/``manifest.json`` are uploaded last, so a
+reader never sees a set whose sizes.json names a shard that is not there yet.
 """
 
 from __future__ import annotations
@@ -23,13 +28,16 @@ import io
 import json
 import os
 import re
+import shutil
 import tarfile
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
+from chexone.data import remote
 from chexone.data.sample import SCHEMA_VERSION, Sample
 
 _KEY_OK = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
@@ -82,18 +90,19 @@ def brace_pattern(directory: str | Path, names: list[str]) -> str:
     if not names:
         return ""
     if len(names) == 1:
-        return os.path.join(directory, names[0])
+        return remote.join(directory, names[0])
     first, last = names[0], names[-1]
     m1, m2 = re.match(r"^(.*-)(\d+)(\.tar)$", first), re.match(r"^(.*-)(\d+)(\.tar)$", last)
     assert m1 and m2 and m1.group(1) == m2.group(1)
-    return os.path.join(directory, f"{m1.group(1)}{{{m1.group(2)}..{m2.group(2)}}}.tar")
+    return remote.join(directory, f"{m1.group(1)}{{{m1.group(2)}..{m2.group(2)}}}.tar")
 
 
 class ShardWriter:
     """Context manager writing samples into ``<out_dir>/<prefix>-NNNNNN.tar`` shards.
 
     Args:
-        out_dir: output directory (created).
+        out_dir: output directory (created), or a remote one (``s3://bucket/prefix`` ...: shards are staged in a local
+            temporary directory, one at a time, and uploaded as each is finished).
         prefix: shard name prefix.
         max_samples_per_shard: start a new shard after this many samples.
         builder, builder_version, arguments: recorded in ``manifest.json`` (arguments must be plain JSON).
@@ -121,21 +130,27 @@ class ShardWriter:
         if not 0 <= png_compress_level <= 9:
             raise ValueError(f"png_compress_level must be in 0..9, got {png_compress_level}")
         self.png_compress_level = int(png_compress_level)
-        self.out_dir = Path(out_dir)
+        #: The remote output directory (a URL), or None when ``out_dir`` is local.
+        self.destination = str(out_dir).rstrip("/") if remote.is_remote(os.fspath(out_dir)) else None
         self.prefix = prefix
         self.max_samples_per_shard = max_samples_per_shard
         self.builder = builder
         self.builder_version = str(builder_version)
         self.arguments = json.loads(json.dumps(arguments or {}))  # must be plain JSON
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        existing = sorted(self.out_dir.glob(f"{prefix}-*.tar")) + [
-            p for p in (self.out_dir / "sizes.json", self.out_dir / "manifest.json") if p.exists()]
-        if existing:
-            if not overwrite:
-                raise FileExistsError(f"{self.out_dir} already holds a shard set ({existing[0].name}, ...); "
-                                      "pass overwrite=True to replace it")
-            for p in existing:
-                p.unlink()
+        if self.destination is not None:
+            self._replace_remote(overwrite)
+            self.out_dir = Path(tempfile.mkdtemp(prefix="chexone-shards-"))  # one shard at a time, then uploaded
+        else:
+            self.out_dir = Path(remote.local_path(os.fspath(out_dir)))
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            existing = sorted(self.out_dir.glob(f"{prefix}-*.tar")) + [
+                p for p in (self.out_dir / "sizes.json", self.out_dir / "manifest.json") if p.exists()]
+            if existing:
+                if not overwrite:
+                    raise FileExistsError(f"{self.out_dir} already holds a shard set ({existing[0].name}, ...); "
+                                          "pass overwrite=True to replace it")
+                for p in existing:
+                    p.unlink()
         self.sizes: dict[str, int] = {}
         self.task_counts: Counter[str] = Counter()
         self._keys: set[str] = set()
@@ -162,10 +177,27 @@ class ShardWriter:
     def shard_names(self) -> list[str]:
         return list(self.sizes)
 
+    def _replace_remote(self, overwrite: bool) -> None:
+        """Refuse (or, with ``overwrite``, delete) a shard set already at the remote destination: its
+        ``PREFIX-*.tar`` objects where the scheme can list, and its sizes.json / manifest.json."""
+        assert self.destination is not None
+        if remote.scheme_of(self.destination) == "pipe":
+            raise ValueError(f"cannot write shards to {remote.redact(self.destination)}: pipe: is for reading")
+        listable = remote.scheme_of(self.destination) not in ("http", "https")
+        existing = remote.glob(remote.join(self.destination, f"{self.prefix}-*.tar")) if listable else []
+        existing += [u for u in (remote.join(self.destination, n) for n in ("sizes.json", "manifest.json"))
+                     if remote.exists(u)]
+        if existing:
+            if not overwrite:
+                raise FileExistsError(f"{remote.redact(self.destination)} already holds a shard set "
+                                      f"({remote.split_name(existing[0])[1]}, ...); pass overwrite=True to replace it")
+            for url in existing:
+                remote.delete(url)
+
     @property
     def pattern(self) -> str:
         """Brace pattern of the shards written so far (after close: of all shards)."""
-        return brace_pattern(self.out_dir, self.shard_names)
+        return brace_pattern(self.destination or self.out_dir, self.shard_names)
 
     @property
     def total(self) -> int:
@@ -287,6 +319,9 @@ class ShardWriter:
         self._tar.close()
         os.replace(self.out_dir / f"{self._tar_name}.tmp", self.out_dir / self._tar_name)
         self._tar = None
+        if self.destination is not None:
+            remote.upload_file(self.out_dir / self._tar_name, remote.join(self.destination, self._tar_name))
+            (self.out_dir / self._tar_name).unlink()
 
     def _abort(self) -> None:
         if self._tar is not None:
@@ -294,6 +329,8 @@ class ShardWriter:
             (self.out_dir / f"{self._tar_name}.tmp").unlink(missing_ok=True)
             self.sizes.pop(self._tar_name, None)
             self._tar = None
+        if self.destination is not None:
+            shutil.rmtree(self.out_dir, ignore_errors=True)
 
     def close(self) -> dict[str, Any]:
         """Finish the last shard and write ``sizes.json`` and ``manifest.json``; returns the manifest."""
@@ -315,6 +352,10 @@ class ShardWriter:
         }
         _write_json(self.out_dir / "sizes.json", self.sizes)
         _write_json(self.out_dir / "manifest.json", manifest)
+        if self.destination is not None:  # sizes.json, then manifest.json: the set is complete once they appear
+            for name in ("sizes.json", "manifest.json"):
+                remote.upload_file(self.out_dir / name, remote.join(self.destination, name))
+            shutil.rmtree(self.out_dir, ignore_errors=True)
         self.manifest = manifest
         return manifest
 

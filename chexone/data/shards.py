@@ -15,6 +15,12 @@ to (a) never touch members other than ``<key>.json`` and ``<key>.<name>.png|jpg|
 truncated tars, which webdataset's handlers report only as an exception without the sample key. Brace patterns are
 expanded with ``braceexpand`` (the expander webdataset uses too).
 
+Shards and ``sizes.json`` may be remote (``https://``, ``s3://``, other fsspec URLs, ``pipe:CMD``): they are opened as
+forward-only streams by :mod:`chexone.data.remote`, which resumes a dropped connection at the byte reached and
+retries transient errors; a shard whose retries are spent is skipped and counted like a corrupt one
+("unreadable_shard" when it cannot be opened, "truncated_tar" when it breaks off), and bad credentials stop the run.
+Shard names in samples, logs and errors go through ``remote.redact`` (no token from a URL is ever printed).
+
 Skip statistics: each process (main or DataLoader worker) counts what it read/skipped/ignored in a
 :class:`SkipStats`, warns (rate-limited) about each skipped sample, and raises :class:`ShardDataError` when the
 skipped fraction exceeds ``max_skip_fraction``. Every count is also mirrored into a small shared-memory table owned by
@@ -41,6 +47,7 @@ import logging
 import os
 import random
 import tarfile
+import urllib.parse
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,7 +59,9 @@ from braceexpand import braceexpand
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
+from chexone.data import remote
 from chexone.data.sample import REQUIRED_FIELDS, Sample, SampleError
+from chexone.data.stream_position import StreamCursor, set_current_cursor
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +109,11 @@ _WARN_FIRST, _WARN_EVERY = 5, 100
 
 class ShardDataError(RuntimeError):
     """The shard data is unusable: too many corrupt samples, or a shard set that yields nothing."""
+
+
+class ShardAccessError(ShardDataError):
+    """A remote shard refused access while being read (bad, revoked or expired credentials): never skipped, since
+    every other shard would fail the same way; the message names the object (redacted)."""
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -272,9 +286,12 @@ def expand_shards(pattern: str) -> list[str]:
 
     Raises FileNotFoundError naming the pattern when it matches nothing or when some expanded files are missing (a
     half-present shard range is almost always a typo or an unfinished copy, and silently training on part of it is
-    worse than stopping).
+    worse than stopping). Remote patterns (``https://``, ``s3://``, other fsspec URLs, ``pipe:CMD``) are expanded by
+    :func:`_expand_remote` with the same rule; bad credentials raise :class:`~chexone.data.remote.RemoteAuthError`.
     """
-    text = os.path.expanduser(os.path.expandvars(str(pattern)))
+    if remote.is_remote(str(pattern)):
+        return _expand_remote(str(pattern))
+    text = os.path.expanduser(os.path.expandvars(remote.local_path(str(pattern))))
     found: list[str] = []
     missing: list[str] = []
     for path in braceexpand(text):
@@ -289,15 +306,46 @@ def expand_shards(pattern: str) -> list[str]:
             found.append(path)
         else:
             missing.append(path)
+    return _checked(pattern, found, missing)
+
+
+def _checked(pattern: str, found: list[str], missing: list[str]) -> list[str]:
+    """``found`` without duplicates, or FileNotFoundError when anything is missing or nothing was found."""
     if missing:
-        shown = ", ".join(repr(m) for m in missing[:3]) + (" ..." if len(missing) > 3 else "")
+        shown = ", ".join(repr(remote.redact(m)) for m in missing[:3]) + (" ..." if len(missing) > 3 else "")
         raise FileNotFoundError(
-            f"Shard pattern {pattern!r}: {len(missing)} of {len(missing) + len(found)} shard file(s) do not exist: "
-            f"{shown}"
+            f"Shard pattern {remote.redact(pattern)!r}: {len(missing)} of {len(missing) + len(found)} shard file(s) "
+            f"do not exist: {shown}"
         )
     if not found:
-        raise FileNotFoundError(f"Shard pattern {pattern!r} matches no existing shard file")
+        raise FileNotFoundError(f"Shard pattern {remote.redact(pattern)!r} matches no existing shard file")
     return list(dict.fromkeys(found))
+
+
+def _expand_remote(pattern: str) -> list[str]:
+    """Shard URLs of a remote pattern. Brace ranges expand without any request (webdataset's way of naming shards);
+    a glob in an ``s3://`` (or listable fsspec) key, or a URL ending in ``/`` (its ``*.tar`` objects), is listed.
+    Every named object is then checked to exist (S3: one listing per prefix), so a missing shard fails here, before
+    training, as a local one does. ``pipe:`` commands are not expanded for ``$VAR`` (the shell does that, so a secret
+    in an environment variable never becomes part of a logged name) and cannot be checked before they run."""
+    scheme = remote.scheme_of(pattern)
+    if scheme == "pipe":
+        return list(dict.fromkeys(braceexpand(pattern)))
+    found: list[str] = []
+    named: list[str] = []
+    for url in braceexpand(os.path.expandvars(pattern)):
+        key = urllib.parse.urlsplit(url).path
+        if scheme not in ("http", "https") and (url.endswith("/") or any(c in key for c in "*?[")):
+            matches = remote.glob(url)
+            if url.endswith("/") and not matches:
+                raise FileNotFoundError(f"Shard pattern {remote.redact(pattern)!r}: {remote.redact(url)!r} holds no "
+                                        "*.tar objects")
+            found += matches
+        else:
+            named.append(url)
+    absent = remote.missing(named)
+    found += [u for u in named if u not in set(absent)]
+    return _checked(pattern, found, absent)
 
 
 def load_sizes(shards: Sequence[str]) -> dict[str, int] | None:
@@ -309,26 +357,31 @@ def load_sizes(shards: Sequence[str]) -> dict[str, int] | None:
     by_dir: dict[str, dict[str, Any] | None] = {}
     sizes: dict[str, int] = {}
     for shard in shards:
-        directory, name = os.path.split(shard)
+        if remote.scheme_of(shard) == "pipe":
+            return None  # a command's output has no directory to hold a sizes.json
+        directory, name = remote.split_name(shard)
         if directory not in by_dir:
-            path = os.path.join(directory, "sizes.json")
-            table = None
-            if os.path.isfile(path):
-                try:
-                    with open(path, encoding="utf-8") as f:
-                        table = json.load(f)
-                    if not isinstance(table, dict):
-                        raise ValueError(f"expected an object, got {type(table).__name__}")
-                except (OSError, ValueError) as e:
-                    logger.warning("Ignoring unreadable %s: %s", path, e)
-                    table = None
-            by_dir[directory] = table
+            by_dir[directory] = _read_sizes_json(remote.sibling(shard, "sizes.json"))
         table = by_dir[directory]
         count = None if table is None else table.get(name)
         if not isinstance(count, int) or isinstance(count, bool) or count < 0:
             return None
         sizes[shard] = count
     return sizes
+
+
+def _read_sizes_json(path: str) -> dict[str, Any] | None:
+    """The table of one ``sizes.json`` (a path or URL); None when it does not exist or cannot be used (warned)."""
+    try:
+        table = json.loads(remote.read_bytes(path).decode("utf-8"))
+        if not isinstance(table, dict):
+            raise ValueError(f"expected an object, got {type(table).__name__}")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:  # unreadable, not JSON, or a remote error (named redacted by remote.py)
+        logger.warning("Ignoring unreadable %s: %s", remote.redact(path), e)
+        return None
+    return table
 
 
 def resolve_shard_sets(shard_sets: Any) -> list[ShardSet]:
@@ -348,7 +401,7 @@ def resolve_shard_sets(shard_sets: Any) -> list[ShardSet]:
             path, weight = item.path, getattr(item, "weight", 1.0)
         weight = float(weight)
         if weight < 0:
-            raise ValueError(f"Shard set {path!r}: weight must be >= 0, got {weight}")
+            raise ValueError(f"Shard set {remote.redact(path)!r}: weight must be >= 0, got {weight}")
         if weight == 0:
             continue
         shards = expand_shards(str(path))
@@ -409,7 +462,8 @@ def _read_shard(
     Sample ``i`` of the shard has global index ``start + i``; only indices where ``want(index)`` is true are read
     (members of the others are skipped unread) and counted; reading stops before index ``stop``. The tar is read as a
     stream, so a truncated file yields what it holds, and the sample it ends in is counted as "truncated_tar"; when
-    ``expected`` (from sizes.json) exceeds what the tar holds, the shortfall is counted too.
+    ``expected`` (from sizes.json) exceeds what the tar holds, the shortfall is counted too. ``path`` is a local path
+    or a URL (see :func:`chexone.data.remote.open_stream`).
     """
 
     def wanted(index: int) -> bool:
@@ -421,9 +475,14 @@ def _read_shard(
     shared: dict[str, bytes] = {}  # the shared image block in scope
     in_shared = False  # the previous key was a shared image member
     fileobj = None
+    url, path = path, remote.redact(path)  # the name in samples, logs and errors never carries a token
     try:
-        fileobj = open(path, "rb")
+        fileobj = remote.open_stream(url)
         tar = tarfile.open(fileobj=fileobj, mode="r|*")
+    except remote.RemoteAuthError as e:
+        if fileobj is not None:
+            fileobj.close()
+        raise ShardAccessError(str(e)) from None  # every shard would fail the same way: stop, naming the object
     except (OSError, tarfile.TarError, EOFError, zlib.error) as e:
         if fileobj is not None:
             fileobj.close()
@@ -474,7 +533,10 @@ def _read_shard(
                     continue
                 data = tar.extractfile(member)
                 current.members[ext] = data.read() if data is not None else b""
+        except remote.RemoteAuthError as e:
+            raise ShardAccessError(str(e)) from None
         except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+            # a remote stream raises here only once its retries are spent: the rest of the shard is lost
             if current is not None:
                 tracker.skip("truncated_tar", path, key or "?", f"{type(e).__name__}: {e}")
             current = None
@@ -630,7 +692,7 @@ class ShardDatasetBase(IterableDataset):
         """The tracker of the calling process (a forked worker gets a fresh one, not a copy of its parent's)."""
         if self._tracker is None or self._tracker_pid != os.getpid():
             what = "worker" if slot else "process"
-            sets = ", ".join(repr(s.pattern) for s in self.shard_sets)
+            sets = ", ".join(repr(remote.redact(s.pattern)) for s in self.shard_sets)
             self._tracker = _Tracker(
                 self._table, slot, self.max_skip_fraction, self.min_read, f"{what} reading shard set(s) {sets}"
             )
@@ -666,7 +728,7 @@ class ShardTrainDataset(ShardDatasetBase):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
         if not samples_per_epoch:
-            unknown = [s.pattern for s in self.shard_sets if s.sizes is None]
+            unknown = [remote.redact(s.pattern) for s in self.shard_sets if s.sizes is None]
             if unknown:
                 raise ValueError(
                     f"data.samples_per_epoch is required: no sizes.json covers every shard of {unknown} "
@@ -675,7 +737,7 @@ class ShardTrainDataset(ShardDatasetBase):
             samples_per_epoch = sum(s.num_samples or 0 for s in self.shard_sets)
         for s in self.shard_sets:
             if s.sizes is not None and not s.num_samples:
-                raise ShardDataError(f"Shard set {s.pattern!r} is empty according to its sizes.json")
+                raise ShardDataError(f"Shard set {remote.redact(s.pattern)!r} is empty according to its sizes.json")
         self.samples_per_epoch = int(samples_per_epoch)
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.shuffle_buffer = int(shuffle_buffer)
@@ -690,6 +752,11 @@ class ShardTrainDataset(ShardDatasetBase):
         # its own iter() calls in shared memory, so fresh (non-persistent) workers still see a new epoch each time.
         self._epoch = torch.full((1,), -1, dtype=torch.int64).share_memory_()
         self._iterations = torch.zeros(_MAX_SLOTS, dtype=torch.int64).share_memory_()
+        # Resume point per worker (chexone.data.stream_position): [epoch, items consumed, samples yielded]; epoch -1 =
+        # none. Shared memory, so persistent workers see what the training process sets before the epoch starts.
+        self._resume = torch.full((_MAX_SLOTS, 3), -1, dtype=torch.int64).share_memory_()
+        #: Names this stream for ``StampingCollate`` (the training stream's batches carry their position).
+        self.stream_key: str | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch's random stream (call before each epoch; also reaches persistent workers).
@@ -698,6 +765,14 @@ class ShardTrainDataset(ShardDatasetBase):
         single run but not reproducible after a resume: the training loop should call it with the epoch number.
         """
         self._epoch.fill_(int(epoch))
+
+    def resume_from(self, positions: Iterable[Any]) -> None:
+        """Continue each worker's epoch after the given ``StreamPosition``s (from a checkpoint) instead of from its
+        start; applies to the epoch named in the positions only. An empty iterable clears the resume point."""
+        self._resume.fill_(-1)
+        for p in positions:
+            if 0 <= int(p.worker) < _MAX_SLOTS:
+                self._resume[int(p.worker)] = torch.tensor([int(p.epoch), int(p.consumed), int(p.yielded)])
 
     def __len__(self) -> int:
         """Samples this rank yields per epoch (over all its workers)."""
@@ -723,7 +798,8 @@ class ShardTrainDataset(ShardDatasetBase):
             if dry >= patience:
                 filt = f" passing the task filter {sorted(self.task_filter)}" if self.task_filter else ""
                 raise ShardDataError(
-                    f"Shard set {shard_set.pattern!r} yielded no usable sample{filt} from {dry} shard reads in a row "
+                    f"Shard set {remote.redact(shard_set.pattern)!r} yielded no usable sample{filt} from {dry} shard "
+                    "reads in a row "
                     f"({tracker.stats.summary()})"
                 )
 
@@ -744,11 +820,19 @@ class ShardTrainDataset(ShardDatasetBase):
         stream = _mix(streams, [s.weight for s in self.shard_sets], rng)
         # 3. shuffle buffer over undecoded samples (PNG bytes are far smaller than decoded images)
         stream = _shuffle(stream, self.shuffle_buffer, rng)
+        # 3b. position in this stream (exact resume): skip what was consumed before a resume, count what follows
+        resume_epoch, consumed, yielded = (int(v) for v in self._resume[worker].tolist()) if worker < _MAX_SLOTS \
+            else (-1, 0, 0)
+        if resume_epoch != epoch:
+            consumed = yielded = 0
+        cursor = StreamCursor(worker, epoch, skip_items=consumed, already_yielded=yielded)
+        set_current_cursor(cursor, self.stream_key)
+        stream = cursor.items(stream)
         # 4. decode images -> Sample; corrupt ones are counted and dropped
-        samples = (s for s in map(lambda p: _decode(p, tracker), stream) if s is not None)
+        samples = cursor.samples(s for s in map(lambda p: _decode(p, tracker), stream) if s is not None)
         # 5. fixed epoch length for this rank and worker
         try:
-            yield from itertools.islice(samples, count)
+            yield from itertools.islice(samples, max(0, count - yielded))
         finally:
             for s in streams:  # close the open shard files now rather than at garbage collection
                 s.close()
@@ -906,6 +990,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "REASONS",
     "SHARED_IMAGE_PREFIX",
+    "ShardAccessError",
     "ShardDataError",
     "ShardEvalDataset",
     "ShardSet",

@@ -135,10 +135,13 @@ def iter_samples(bench: Benchmark, *, demo_dir: str, max_skip_fraction: float = 
         from chexone.data.shards import build_eval_dataset
         from chexone.registry import TASKS
 
+        from chexone.data.remote import RemoteError, redact
+
         try:
             stream = iter(build_eval_dataset(path, max_skip_fraction=max_skip_fraction, known_tasks=TASKS.names()))
-        except (FileNotFoundError, ValueError) as e:
-            raise BenchmarkError(f"benchmark {bench.name!r} (data.{bench.name}={bench.path}): {e}") from e
+        except (FileNotFoundError, ValueError, RemoteError, PermissionError) as e:
+            raise BenchmarkError(f"benchmark {bench.name!r} (data.{bench.name}={redact(bench.path)}): "
+                                 f"{redact(e)}") from e
     n = 0
     for sample in stream:
         if tasks and sample.task not in tasks:

@@ -84,7 +84,9 @@ def _signature_problem(key: str, name: str, fn: Any) -> str | None:
 
 
 def shard_problems(key: str, shard_sets: Iterable[Any]) -> list[str]:
-    """Shard patterns that match nothing (or only partly): named by key, before the model loads."""
+    """Shard patterns that match nothing (or only partly), remote shards that are missing or refused (bad
+    credentials, an unreachable server), or a scheme whose client is not installed: named by key, before the model
+    loads. Messages name objects without any token (``chexone.data.remote.redact``)."""
     from chexone.data.shards import expand_shards
 
     problems = []
@@ -93,7 +95,7 @@ def shard_problems(key: str, shard_sets: Iterable[Any]) -> list[str]:
             continue
         try:
             expand_shards(str(s.path))
-        except FileNotFoundError as err:
+        except (OSError, ImportError, ValueError) as err:  # FileNotFoundError, RemoteAuthError, RemoteError ...
             problems.append(f"'{key}[{i}].path': {err}")
     return problems
 
