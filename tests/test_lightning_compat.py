@@ -60,3 +60,21 @@ def test_wandb_logger_passes_no_anonymous_setting(tmp_path):
     assert "anonymous" in plain._wandb_init and plain._wandb_init["anonymous"] is None
     ours = wandb_logger(save_dir=str(tmp_path), offline=True, project="p", name="n")
     assert "anonymous" not in ours._wandb_init and ours._wandb_init["name"] == "n"
+
+
+def test_the_mid_epoch_resume_warning_still_reads_as_filtered():
+    import inspect
+    import warnings
+
+    from lightning.pytorch.loops import training_epoch_loop
+
+    from chexone.training.lightning_compat import RESUME_WARNING, quiet_resume_warning
+
+    source = " ".join(line.strip().strip('"') for line in inspect.getsource(training_epoch_loop).splitlines())
+    assert RESUME_WARNING.replace(" ", "") in source.replace('"', "").replace(" ", "")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        quiet_resume_warning()
+        warnings.warn(RESUME_WARNING + " not resumable.", UserWarning)
+        warnings.warn("another warning", UserWarning)
+    assert [str(w.message) for w in seen] == ["another warning"]

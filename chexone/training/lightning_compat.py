@@ -1,18 +1,22 @@
-"""The two Lightning internals chexone touches to keep a newcomer's log free of noise, in one place.
+"""The Lightning internals chexone touches to keep a newcomer's log free of noise, in one place.
 
 * Lightning 2.6 prints an advertising "Tip" for its cloud logger on every run (through its rank-zero logger): a
   logging filter drops records starting with that marker.
 * Lightning's ``WandbLogger`` always passes ``anonymous=None`` to ``wandb.init``, which wandb >= 0.22 answers with
   "WARNING The anonymous setting has no effect and will be removed": the argument is dropped from the logger's
   private ``_wandb_init`` dict before the run starts.
+* Resuming in the middle of an epoch, Lightning warns that the dataloader "is not resumable" unless the loader
+  object itself has ``state_dict``: chexone's data stream resumes exactly through its data module instead
+  (chexone/data/stream_position.py), so that warning would be false; it is filtered by its text.
 
-``tests/test_lightning_compat.py`` checks both against the installed versions, so a Lightning release that changes
-either shows up there.
+``tests/test_lightning_compat.py`` checks each against the installed versions, so a Lightning release that changes
+one shows up there.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 TIP_MARKER = "💡 Tip"
@@ -36,6 +40,17 @@ def quiet_lightning_tips() -> None:
             logger.addFilter(_FILTER)
 
 
+#: The start of Lightning's mid-epoch resume warning (lightning/pytorch/loops/training_epoch_loop.py).
+RESUME_WARNING = "You're resuming from a checkpoint that ended before the epoch ended and your dataloader is"
+
+
+def quiet_resume_warning() -> None:
+    """Drop Lightning's "dataloader is not resumable" warning: chexone's training stream resumes exactly."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=re.escape(RESUME_WARNING))
+
+
 def wandb_logger(**kwargs: Any):
     """``WandbLogger(**kwargs)`` without the deprecated ``anonymous`` argument."""
     from lightning.pytorch.loggers import WandbLogger
@@ -47,4 +62,4 @@ def wandb_logger(**kwargs: Any):
     return logger
 
 
-__all__ = ["quiet_lightning_tips", "wandb_logger"]
+__all__ = ["RESUME_WARNING", "quiet_lightning_tips", "quiet_resume_warning", "wandb_logger"]

@@ -98,13 +98,25 @@ def build_strategy(cfg: Any, device_type: str, world_size: int):
 # ------------------------------------------------------------------------------------------------ data
 
 
+def launched_as_global_rank_zero() -> bool:
+    """Whether this process will be global rank 0, known before Lightning sets up: from torchrun's ``RANK``, from
+    SLURM's ``SLURM_PROCID`` (srun tasks), else from Lightning's own launcher (``NODE_RANK`` and ``LOCAL_RANK``). On
+    several nodes ``LOCAL_RANK`` alone is 0 once per node, so it cannot decide who writes shared files."""
+    for name in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(name, "").isdigit():
+            if name == "SLURM_PROCID" and os.environ.get("SLURM_JOB_NAME") in ("bash", "interactive"):
+                continue  # an interactive SLURM shell: Lightning launches the processes itself
+            return int(os.environ[name]) == 0
+    return int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+
+
 def resolve_data(cfg: Any) -> None:
     """Fill ``data.train``/``data.val`` for ``data=demo`` from the demo cache (generating it on first use)."""
     if cfg.data.name != "demo" or cfg.data.train:
         return
     from chexone.data.demo import ensure_demo_shards
 
-    verbose = int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+    verbose = launched_as_global_rank_zero()
     shards = ensure_demo_shards(os.path.expanduser(cfg.data.demo_dir), verbose=verbose)
     OmegaConf.update(cfg, "data.train", [{"path": shards["train"], "weight": 1.0}])
     if not cfg.data.val:
@@ -112,17 +124,27 @@ def resolve_data(cfg: Any) -> None:
     log.info("data=demo: train %s | val %s", shards["train"], shards["val"])
 
 
+#: Stream key of the training stream (chexone.data.stream_position); the GRPO refill stream has none.
+TRAIN_STREAM = "train"
+
+
 class ChexoneDataModule(L.LightningDataModule):
     """Streams shards per rank; training collates in workers, validation yields raw sample lists."""
 
     def __init__(self, cfg: Any, train_collate, batch_size: int, num_workers: int = 0):
+        from chexone.data.stream_position import StampingCollate
+
         super().__init__()
         self.cfg = cfg
         self.num_workers = num_workers  # resolved (data.num_workers=-1 means auto, see chexone.runtime)
-        self.train_collate = train_collate
+        # batches carry their position in the training stream (exact resume)
+        self.train_collate = StampingCollate(train_collate, key=TRAIN_STREAM)
         self.batch_size = batch_size
         self.train_dataset = None
         self._refill_iter = None
+        self._refill_taken = 0  # samples taken from the refill stream so far (replayed on resume)
+        self._trained: dict[int, Any] = {}  # worker -> StreamPosition of the newest batch trained on
+        self._resume: dict[str, Any] | None = None  # from a checkpoint, applied when its epoch starts
 
     def refill(self, n: int) -> list:
         """``n`` more training samples from a second stream (GRPO dynamic sampling), read in this process."""
@@ -136,15 +158,76 @@ class ChexoneDataModule(L.LightningDataModule):
                                      max_skip_fraction=d.max_skip_fraction, task_filter=list(d.tasks) or None,
                                      known_tasks=_known_tasks())
             self._refill_iter = _forever(ds)
+            replay = (self._resume or {}).get("refill_taken", 0)
+            for _ in range(replay):  # a resumed run continues the refill stream where it stopped
+                next(self._refill_iter)
+            self._refill_taken = replay
+        self._refill_taken += n
         return [next(self._refill_iter) for _ in range(n)]
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """GRPO's batches are lists of samples (PIL images, text): nothing to move, so they are returned as they are
+        (not deep-copied, and keeping their stream position); tensor batches move as usual."""
+        if isinstance(batch, list):
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    # --- exact resume of the training stream (chexone.data.stream_position)
+    def note_trained(self, batch: Any) -> None:
+        """Remember the stream position of a batch the model trains on (called by the training step)."""
+        from chexone.data.stream_position import position_of
+
+        position = position_of(batch)
+        if position is not None:
+            self._trained[int(position.worker)] = position
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every rank's stream positions (gathered: only rank 0 writes the checkpoint) and the refill count."""
+        import torch.distributed as dist
+
+        mine = [tuple(p) for p in self._trained.values()]
+        ranks = [mine]
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            ranks = [None] * dist.get_world_size()
+            dist.all_gather_object(ranks, mine)
+        return {"stream_positions": ranks, "refill_taken": self._refill_taken, "num_workers": self.num_workers,
+                "world_size": len(ranks)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._resume = dict(state)
+
+    def _apply_resume(self, epoch: int) -> None:
+        from chexone.data.stream_position import StreamPosition
+
+        state, self._resume = self._resume, ({"refill_taken": self._resume.get("refill_taken", 0)}
+                                             if self._resume else None)
+        rank, world = self._rank_world()
+        if not state or "stream_positions" not in state:
+            return
+        if state.get("world_size") != world or state.get("num_workers") != self.num_workers:
+            log.warning("resuming with %d rank(s) x %d worker(s) where the checkpoint had %s x %s: the data stream "
+                        "restarts at the beginning of epoch %d instead of where it stopped", world, self.num_workers,
+                        state.get("world_size"), state.get("num_workers"), epoch)
+            return
+        positions = [StreamPosition(*p) for p in state["stream_positions"][rank]]
+        positions = [p for p in positions if p.epoch == epoch]
+        self.train_dataset.resume_from(positions)
+        self._trained = {p.worker: p for p in positions}
 
     def skip_stats(self) -> dict[str, float]:
         """Corrupt/filtered sample counters of this rank's training stream (all workers)."""
         return self.train_dataset.skip_stats().as_dict(prefix="data/") if self.train_dataset is not None else {}
 
     def set_epoch(self, epoch: int) -> None:
+        """Select epoch ``epoch`` of the training stream (from its start, or where a checkpoint left it). Called when
+        the loader is built and at every epoch start: Lightning skips the epoch-start hooks when it restarts in the
+        middle of an epoch, so the loader must already know its epoch and position then."""
         if self.train_dataset is not None:
             self.train_dataset.set_epoch(epoch)
+            self.train_dataset.resume_from([])
+            self._trained = {}
+            if self._resume is not None:
+                self._apply_resume(epoch)
 
     def _rank_world(self) -> tuple[int, int]:
         t = self.trainer
@@ -160,6 +243,9 @@ class ChexoneDataModule(L.LightningDataModule):
             world_size=world, shuffle_buffer=d.shuffle_buffer, max_skip_fraction=d.max_skip_fraction,
             task_filter=list(d.tasks) or None, batch_size=self.batch_size, known_tasks=_known_tasks(),
         )
+        ds.stream_key = TRAIN_STREAM
+        if self.trainer is not None:
+            self.set_epoch(self.trainer.current_epoch)
         workers = self.num_workers
         return torch.utils.data.DataLoader(
             ds, batch_size=self.batch_size, collate_fn=self.train_collate, num_workers=workers,
@@ -218,11 +304,24 @@ def build_logger(cfg: Any, out: Path):
         from chexone.training.checkpointing import wandb_run_id
 
         # One W&B run per output dir: a resumed run (trainer.ckpt_path set) continues the stored run id.
-        rank_zero = int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+        rank_zero = launched_as_global_rank_zero()
         run_id = wandb_run_id(out, resume=cfg.trainer.ckpt_path is not None, write=rank_zero)
         return wandb_logger(project=cfg.wandb.project, entity=cfg.wandb.entity, save_dir=str(out), offline=offline,
                             name=Path(out).name, id=run_id, resume="allow")
     raise ValueError(f"logger={kind!r}; choose wandb | csv | none")
+
+
+def with_csv_copy(logger: Any, out: Path) -> Any:
+    """A fit's loggers: under W&B also a CSV copy in ``<out>/csv/metrics.csv`` (W&B stays first, so ``module.logger``
+    is W&B). wandb has no public API that reads an offline run's files back, and the run report
+    (``chexone.dashboard``) draws its curves from this CSV."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    if not isinstance(logger, WandbLogger):
+        return logger
+    from chexone.training.checkpointing import ResumableCSVLogger
+
+    return [logger, ResumableCSVLogger(save_dir=str(out), name="csv", version="", flush_logs_every_n_steps=1)]
 
 
 def log_sample_previews(cfg: Any, logger: Any, module: Any) -> None:
@@ -265,13 +364,14 @@ def run_fit(cfg: Any, *, callbacks: list[Any] | None = None, announce: bool = Tr
 
     from chexone.runtime import configure_threads, resolve_num_workers
     from chexone.training.checkpointing import DurableCheckpointIO, remove_partial_files, resolve_ckpt_path
-    from chexone.training.lightning_compat import quiet_lightning_tips
+    from chexone.training.lightning_compat import quiet_lightning_tips, quiet_resume_warning
     from chexone.training.summary import format_summary
 
     t_start = time.perf_counter()
     preflight(cfg, "fit")  # every name, path and batch size checked before anything loads
     as_loaded = copy.deepcopy(cfg)  # the run fills in data paths and dtype below
     quiet_lightning_tips()
+    quiet_resume_warning()  # the data stream resumes exactly (chexone.data.stream_position)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     out = Path(cfg.output_dir)
     ckpt_dir = out / "checkpoints"
@@ -280,7 +380,7 @@ def run_fit(cfg: Any, *, callbacks: list[Any] | None = None, announce: bool = Tr
     local_processes = max(1, world // int(cfg.trainer.num_nodes))
     threads = configure_threads(local_processes)  # each process its share of the cores
     workers = resolve_num_workers(int(cfg.data.num_workers), local_processes)
-    rank_zero = int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+    rank_zero = launched_as_global_rank_zero()
     if rank_zero:
         for partial in remove_partial_files(ckpt_dir):
             print(f"removed {partial}: a checkpoint write cut short by an earlier run", flush=True)
@@ -347,7 +447,7 @@ def run_fit(cfg: Any, *, callbacks: list[Any] | None = None, announce: bool = Tr
         check_val_every_n_epoch=None,
         limit_val_batches=1.0 if (val_every and validate) else 0,
         num_sanity_val_steps=0,
-        logger=logger,
+        logger=with_csv_copy(logger, out),
         callbacks=callbacks,
         enable_progress_bar=bar is not None,
         enable_model_summary=False,
@@ -386,6 +486,13 @@ def run_fit(cfg: Any, *, callbacks: list[Any] | None = None, announce: bool = Tr
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
         summary["metrics"] = metrics
         summary["skipped_steps"] = module.step_guard.skipped
+        if cfg.write_report:  # the run's curves, completions and tables in one offline page; a failure only warns
+            from chexone.dashboard.report import write_report_safely
+
+            report = write_report_safely(out)
+            summary["report"] = str(report) if report is not None else None
+            if announce and report is not None:
+                print(f"report: {summary['report']} (open it in a browser)", flush=True)
         if announce:
             print(format_summary(cfg, summary, seconds=time.perf_counter() - t_start, logger=logger,
                                  skipped_steps=module.step_guard.skipped), flush=True)
