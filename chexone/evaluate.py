@@ -52,10 +52,19 @@ def main(argv: list[str] | None = None) -> int:
         from chexone.evaluation.runner import run_evaluation
 
         try:
-            return run_evaluation(cfg)
+            results = run_evaluation(cfg)
         except BenchmarkError as e:
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
+        if cfg.write_report:  # the tables with CIs and the plots in one offline page; a failure only warns
+            import os
+
+            from chexone.dashboard.report import write_report_safely
+
+            report = write_report_safely(os.path.expanduser(cfg.eval.out))
+            if report is not None:
+                print(f"evaluate: report in {report}", flush=True)
+        return results
 
     return run_command(argv, "evaluate", run)
 
