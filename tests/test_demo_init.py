@@ -8,9 +8,22 @@ def test_key_ignores_what_does_not_change_the_weights():
     base = demo_init.demo_sft_key(demo_init.demo_sft_config())
     readme_run = load_config("stage1_sft", ["model=tiny", "data=demo"])  # logger=wandb, progress bar, runs/...
     assert demo_init.demo_sft_key(readme_run) == base
+    elsewhere = load_config("stage1_sft", ["model=tiny", "data=demo", "output_dir=/tmp/elsewhere", "logger=csv"])
+    assert demo_init.demo_sft_key(elsewhere) == base  # eval.out / filter.out follow output_dir: not weights
     other = load_config("stage1_sft", ["model=tiny", "data=demo", "optim.lr=1e-3"])
     assert demo_init.demo_sft_key(other) != base
     assert demo_init.demo_sft_key(load_config("stage1_sft", ["model=tiny", "data=demo", "trainer.max_steps=5"])) != base
+
+
+def test_key_follows_the_demo_data_generator_version(monkeypatch):
+    """New demo samples (a bumped generator version) must not reuse a stage-1 model trained on the old ones."""
+    import chexone.data.demo as demo_data
+
+    cfg = demo_init.demo_sft_config()
+    before = demo_init.demo_sft_key(cfg)
+    monkeypatch.setattr(demo_data, "GENERATOR_VERSION", demo_data.GENERATOR_VERSION + 1)
+    assert demo_init.demo_sft_key(cfg) != before
+    assert demo_init._cache_root().name == f"demo-sft-{demo_init.demo_sft_key(cfg)}"
 
 
 def test_a_matching_run_offers_its_export_and_others_do_not(tmp_path, monkeypatch):

@@ -279,11 +279,20 @@ def sigmoid(x: float) -> float:
 
 @lru_cache(maxsize=8)
 def _scorer(metric: str, kwargs_key: tuple) -> Any:
-    """One scorer instance per (metric, settings): model-backed scorers load their weights once."""
+    """One scorer instance per (metric, settings): model-backed scorers load their weights once.
+
+    ``demo_scorers: <dir>`` in the settings stands for the offline demo's tiny random component models
+    (``chexone.metrics.demo_scorers``, built into ``<dir>`` on first use): it is replaced by their paths before the
+    metric is built, so the demo runs the same metric code as a real run."""
     from chexone.registry import METRICS
 
+    settings = dict(kwargs_key)
+    if "demo_scorers" in settings:
+        from chexone.metrics.demo_scorers import demo_scorer_settings
+
+        settings = {**demo_scorer_settings(str(settings.pop("demo_scorers")), metric), **settings}
     obj = METRICS.get(metric)
-    scorer = obj if hasattr(obj, "score") and not isinstance(obj, type) else obj(**dict(kwargs_key))
+    scorer = obj if hasattr(obj, "score") and not isinstance(obj, type) else obj(**settings)
     if not hasattr(scorer, "score"):
         raise TypeError(f"metric {metric!r} has no per-sample score(preds, refs) method; it cannot drive a reward")
     return scorer

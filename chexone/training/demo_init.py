@@ -30,13 +30,18 @@ def demo_sft_config(output_dir: str | None = None) -> Any:
 
 
 #: Keys that do not change the trained weights: two configs that differ only here train the same demo model.
-VOLATILE = ("output_dir", "logger", "wandb", "export_hf", "trainer.progress_bar", "trainer.ckpt_path",
-            "trainer.log_every_n_steps", "model.tiny_cache_dir", "data.demo_dir", "data.num_workers")
+VOLATILE = ("output_dir", "logger", "wandb", "export_hf", "write_report", "trainer.progress_bar", "trainer.ckpt_path",
+            "trainer.log_every_n_steps", "model.tiny_cache_dir", "data.demo_dir", "data.num_workers",
+            "eval.out", "filter.out")  # the last two default to paths under output_dir
 
 
 def demo_sft_key(cfg: Any) -> str:
-    """A hash of everything in ``cfg`` that shapes the trained weights."""
+    """A hash of everything in ``cfg`` that shapes the trained weights, and of the demo data's generator version (the
+    config names the data, ``data=demo``, but not what the generator writes: new samples must retrain the model)."""
+    from chexone.data.demo import GENERATOR_VERSION
+
     recipe = OmegaConf.to_container(cfg, resolve=True)
+    recipe["demo_data_generator_version"] = GENERATOR_VERSION
     for dotted in VOLATILE:
         parent, _, leaf = dotted.rpartition(".")
         node = recipe

@@ -22,8 +22,10 @@ from chexone.data.demo.generate import TASK_WEIGHTS, demo_samples
 
 __all__ = ["DEFAULT_SIZES", "GENERATOR_VERSION", "demo_samples", "ensure_demo_shards", "write_demo_splits"]
 
-#: Bump when the pictures, the samples or the shard layout change: cached shards are then rebuilt.
-GENERATOR_VERSION = 1
+#: Bump when the pictures, the samples or the shard layout change: cached shards are then rebuilt, and the cached
+#: stage-1 demo model (whose cache key includes this version, chexone.training.demo_init) is trained again.
+#: 2: short task-specific reasoning traces (task step, evidence, answer in the task's own shape).
+GENERATOR_VERSION = 2
 GENERATOR_NAME = "chexone.data.demo"
 DEFAULT_SIZES: dict[str, int] = {"train": 2000, "val": 200, "test": 300}
 DEFAULT_IMAGE_SIZE = 112

@@ -29,7 +29,7 @@ from chexone.data.demo.phantom import (
     render,
 )
 from chexone.data.sample import Sample
-from chexone.tasks.answers import format_boxes
+from chexone.tasks.answers import format_boxes, parse_boxes
 from chexone.tasks.builtin import BUILTIN_TASKS
 
 #: Share of each task in a split (close-ended multiple choice ~57%, close_vqa alone 40%).
@@ -47,6 +47,13 @@ TASK_WEIGHTS: dict[str, float] = {
 }
 #: Share of samples that carry a reasoning trace.
 REASONING_FRACTION = 0.35
+#: Share of grounding samples *with a finding* that carry one. Stage 2 asks every prompt in reasoning mode and scores
+#: grounding by box IoU, so the reasoning-mode grounding answer must be a box (the copy of the corners from the last
+#: step is the hardest part for a tiny model: it gets more examples). A negative sample ("No nodule detected.") gets no
+#: trace: the grounding reward scores it 0 whatever the answer, and negatives in reasoning mode taught the demo model
+#: to answer "No ... detected." for half of the findings it was shown; negatives still train the instruction-mode
+#: answer.
+GROUNDING_REASONING_FRACTION = 0.6
 SPLIT_CODES = {"train": 1, "val": 2, "test": 3}
 
 YES_NO = ["Yes", "No"]
@@ -147,40 +154,75 @@ def report_text(ph: Phantom) -> str:
 
 
 # --------------------------------------------------------------------------- reasoning traces
+#
+# A trace is short and task-specific: its first step names the task and the answer shape (so a small model commits
+# to the right kind of answer at the first token of its reasoning), the middle steps give the evidence the answer
+# rests on, and the last step leads into the answer in the shape the rewards parse (option letters, a box on the 0-99
+# grid, report text). Generic observations followed by an unrelated answer taught the demo model to answer grounding
+# prompts with VQA-style text in reasoning mode. Every trace fits the demo's 160-token generation budget.
+
+#: First step of a trace, per task: what to do and in which shape to answer. Distinct first words per task family.
+TASK_STEPS: dict[str, str] = {
+    "close_vqa": "Which option does the image support?",
+    "view_classification": "Which view is this radiograph?",
+    "temporal_classification": "Compare the prior image with the current image.",
+    "disease_classification": "Which findings are present?",
+    "open_vqa": "Answer in a few words.",
+    "findings_generation": "Write the findings section.",
+    "impression_generation": "Write the impression section.",
+    "progression_generation": "Write the interval change from the prior image.",
+    "phrase_grounding": "Locate the {name} as a box.",
+    "abnormality_grounding": "Locate every {name} as a box.",
+}
+
 
 def _observation_steps(ph: Phantom) -> list[str]:
+    """View, heart, lungs and pleura of one radiograph, one short step each (words the tiny tokenizer knows)."""
     if ph.view == "Lateral":
-        return [
-            ("The image is a lateral chest radiograph: a single lung field, the spine posteriorly at the image right "
-             "and the heart anteriorly at the image left."),
-            "The lung field is dark and uniform and the heart and lungs look unremarkable on this view.",
-        ]
+        return ["The image is a lateral view.", "The heart and lungs are unremarkable."]
     f = ph.findings
-    view = ("The image is a frontal PA chest radiograph (small side marker at the top left)." if ph.view == "PA"
-            else "The image is a frontal AP portable chest radiograph (AP marker at the top right, scapulae over "
-                 "the upper lungs).")
-    steps = [view]
-    lungs = []
-    for n in f.nodules:
-        lungs.append(f"a round dense nodule in the {n.side} {n.zone} lung")
+    lungs = [f"A nodule in the {n.side} {n.zone} lung." for n in f.nodules]
     if f.pneumothorax:
-        lungs.append(f"a {f.pneumothorax} pneumothorax: a pleural line with no lung markings lateral to it")
-    steps.append("The lung fields show " + " and ".join(lungs) + "." if lungs else
-                 "Both lung fields are clear, with normal markings.")
-    size = "enlarged" if f.cardiomegaly else "normal in size"
-    steps.append(f"The heart is {size} (cardiothoracic ratio about {f.ctr:.2f}).")
+        lungs.append(f"A {f.pneumothorax} pneumothorax.")
     sides = f.effusion_sides
-    if sides:
-        where = " and ".join(f"{s} (image {'left' if s == 'right' else 'right'})" for s in sides)
-        steps.append(f"There is a dense meniscus at the {where} lung base: pleural effusion.")
-    else:
-        steps.append("The costophrenic angles are sharp, with no pleural effusion.")
-    return steps
+    pleura = ("A " + " and a ".join(sides) + " pleural effusion." if sides else "No pleural effusion.")
+    return [f"The image is a frontal {'PA' if ph.view == 'PA' else 'AP portable'} view.",
+            f"The heart is {'enlarged' if f.cardiomegaly else 'normal'}.",
+            " ".join(lungs) if lungs else "The lungs are clear.", pleura]
+
+
+def _evidence(ph: Phantom, kind: str, side: str | None = None) -> str:
+    """What the image shows of one kind of finding ("nodule" | "effusion" | "pneumothorax" | "heart")."""
+    f = ph.findings
+    if kind == "nodule":
+        where = [f"{n.side} {n.zone}" for n in f.nodules if side in (None, n.side)]
+        return "A nodule in the " + " and the ".join(where) + " lung." if where else "No nodule is seen."
+    if kind == "effusion":
+        sides = [s for s in f.effusion_sides if side in (None, s)]
+        return "A " + " and a ".join(sides) + " pleural effusion." if sides else "No pleural effusion is seen."
+    if kind == "pneumothorax":
+        return f"A {f.pneumothorax} pneumothorax." if f.pneumothorax else "No pneumothorax is seen."
+    return f"The heart is {'enlarged' if f.cardiomegaly else 'normal'}."
+
+
+def _box_step(name: str, boxes: list[list[int]]) -> str:
+    """The located boxes in the answer's own corner notation, so the final answer copies them."""
+    if not boxes:
+        return f"No {name} detected."
+    return f"The {name} is at " + " and ".join(f"({x1},{y1}),({x2},{y2})" for x1, y1, x2, y2 in boxes) + "."
 
 
 def reasoning_trace(steps: list[str], answer_text: str) -> str:
     body = "\n".join(f"{i}. {s}" for i, s in enumerate(steps, 1))
     return f"**Thinking Process:**\n{body}\n\n**Final Answer:** \\boxed{{{answer_text}}}"
+
+
+def task_trace(sample: Sample, evidence: list[str]) -> str:
+    """The reasoning trace of ``sample``: its task step, the ``evidence`` steps, the lead-in to the answer."""
+    answer_text = BUILTIN_TASKS[sample.task]().answer_text(sample)
+    first = TASK_STEPS[sample.task].format(name=sample.meta.get("ref_name", ""))
+    last = [f"Therefore the answer is: {answer_text}"] if sample.task in _MC_TASKS | {"open_vqa"} else []
+    return reasoning_trace([first, *evidence, *last], answer_text)
 
 
 # --------------------------------------------------------------------------- sample builder
@@ -225,15 +267,15 @@ class _Builder:
         m.update(meta or {})
         s = Sample(id=self.id, task=task, question=question, answer=answer, images=[r.image for r in rendered],
                    options=list(options or []), dataset="demo", meta=m)
-        if self.rng.random() < REASONING_FRACTION:
-            answer_text = BUILTIN_TASKS[task]().answer_text(s)
-            obs = steps if steps is not None else _observation_steps(current)
-            s.reasoning = reasoning_trace(obs + [f"Therefore the answer is: {answer_text}"]
-                                          if task in _MC_TASKS else obs, answer_text)
+        grounding = task in _GROUNDING_TASKS
+        fraction = GROUNDING_REASONING_FRACTION if grounding else REASONING_FRACTION
+        if self.rng.random() < fraction and not (grounding and not m.get("boxes")):
+            s.reasoning = task_trace(s, steps if steps is not None else _observation_steps(current))
         return s
 
 
 _MC_TASKS = {"close_vqa", "view_classification", "temporal_classification", "disease_classification"}
+_GROUNDING_TASKS = {"phrase_grounding", "abnormality_grounding"}
 _LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
@@ -303,12 +345,8 @@ def _pair_steps(prior: Phantom, current: Phantom, finding: str, side: str, chang
 
     verdict = {"increase": "larger", "decrease": "smaller", "stable": "unchanged in size",
                "new": "newly present", "resolved": "no longer visible"}[change]
-    return [
-        f"There are two frontal {current.view} radiographs: the first is the prior study, the second the current.",
-        f"The prior study shows {describe(prior)}.",
-        f"The current study shows {describe(current)}.",
-        f"The {finding} is {verdict} on the current study.",
-    ]
+    return [f"The prior image shows {describe(prior)}.", f"The current image shows {describe(current)}.",
+            f"The {finding} is {verdict}."]
 
 
 def make_temporal_classification(b: _Builder, k: int) -> Sample:
@@ -384,14 +422,11 @@ def make_progression_generation(b: _Builder, k: int) -> Sample:
                     report=f"{report_text(current)} COMPARISON: {answer}")
 
 
-def _grounding_steps(ph: Phantom, name: str, boxes: list[list[int]]) -> list[str]:
-    steps = _observation_steps(ph)
-    if boxes:
-        where = "; ".join(f"x {x1}-{x2}%, y {y1}-{y2}%" for x1, y1, x2, y2 in boxes)
-        steps.append(f"The {name} occupies {where} of the image.")
-    else:
-        steps.append(f"No {name} is visible.")
-    return steps
+def _grounding_steps(ph: Phantom, kind: str, answer: str, name: str, side: str | None = None) -> list[str]:
+    """Evidence for a grounding answer: what the image shows of the finding, then its boxes as the answer writes
+    them (read back from ``answer`` itself, so the two cannot disagree)."""
+    boxes = [list(b.coords) for b in parse_boxes(answer)]
+    return [_evidence(ph, kind, side), _box_step(name, boxes)]
 
 
 def make_phrase_grounding(b: _Builder, k: int) -> Sample:
@@ -400,21 +435,22 @@ def make_phrase_grounding(b: _Builder, k: int) -> Sample:
     side = SIDES[(k // 4) % 2]
     if kind == 0:
         ph = random_phantom(rng, view, effusion=side)
-        phrase, key = f"{side} pleural effusion", f"effusion:{side}"
+        phrase, key, finding = f"{side} pleural effusion", f"effusion:{side}", "effusion"
     elif kind == 1:
         ph = random_phantom(rng, view, nodules=[side], pneumothorax=None)
-        phrase, key = f"{side} lung nodule", "nodule:0"
+        phrase, key, finding = f"{side} lung nodule", "nodule:0", "nodule"
     elif kind == 2:
         ph = random_phantom(rng, view, pneumothorax=side, effusion=None, nodules=0)
-        phrase, key = f"{side} pneumothorax", "pneumothorax"
+        phrase, key, finding = f"{side} pneumothorax", "pneumothorax", "pneumothorax"
     else:
         ph = random_phantom(rng, view, cardiomegaly=True)
-        phrase, key = "enlarged cardiac silhouette", "heart"
+        phrase, key, finding = "enlarged cardiac silhouette", "heart", "heart"
     r = render(ph, b.size)
     boxes = [r.box(key)]
+    answer = format_boxes(phrase, boxes)
     return b.sample("phrase_grounding", f"Please locate the following phrase in the image: {phrase}.",
-                    format_boxes(phrase, boxes), [ph], qtype="phrase", rendered=[r],
-                    meta={"boxes": boxes, "ref_name": phrase}, steps=_grounding_steps(ph, phrase, boxes))
+                    answer, [ph], qtype="phrase", rendered=[r], meta={"boxes": boxes, "ref_name": phrase},
+                    steps=_grounding_steps(ph, finding, answer, phrase, side if finding != "heart" else None))
 
 
 def make_abnormality_grounding(b: _Builder, k: int) -> Sample:
@@ -437,9 +473,10 @@ def make_abnormality_grounding(b: _Builder, k: int) -> Sample:
     boxes = sorted(r.boxes(prefix))
     if len(boxes) != count:  # a finding too small to draw would break the label; never expected
         raise AssertionError(f"{b.id}: expected {count} {name} boxes, drew {len(boxes)}")
+    answer = format_boxes(name, boxes)
     return b.sample("abnormality_grounding", f"Locate all regions of {name} in this chest X-ray.",
-                    format_boxes(name, boxes), [ph], qtype=name.replace(" ", "_"), rendered=[r],
-                    meta={"boxes": boxes, "ref_name": name}, steps=_grounding_steps(ph, name, boxes))
+                    answer, [ph], qtype=name.replace(" ", "_"), rendered=[r], meta={"boxes": boxes, "ref_name": name},
+                    steps=_grounding_steps(ph, prefix, answer, name))
 
 
 MAKERS: dict[str, Callable[[_Builder, int], Sample]] = {
