@@ -158,8 +158,9 @@ class ChexoneDataModule(L.LightningDataModule):
                                      max_skip_fraction=d.max_skip_fraction, task_filter=list(d.tasks) or None,
                                      known_tasks=_known_tasks())
             self._refill_iter = _forever(ds)
-            replay = (self._resume or {}).get("refill_taken", 0)
-            for _ in range(replay):  # a resumed run continues the refill stream where it stopped
+            replay = (self._resume or {}).get("refill_taken", [0] * (rank + 1))
+            replay = replay[rank] if isinstance(replay, list) and rank < len(replay) else 0
+            for _ in range(replay):  # a resumed run continues this rank's refill stream where it stopped
                 next(self._refill_iter)
             self._refill_taken = replay
         self._refill_taken += n
@@ -182,16 +183,16 @@ class ChexoneDataModule(L.LightningDataModule):
             self._trained[int(position.worker)] = position
 
     def state_dict(self) -> dict[str, Any]:
-        """Every rank's stream positions (gathered: only rank 0 writes the checkpoint) and the refill count."""
+        """Every rank's stream positions and refill count (gathered: only rank 0 writes the checkpoint)."""
         import torch.distributed as dist
 
-        mine = [tuple(p) for p in self._trained.values()]
+        mine = ([tuple(p) for p in self._trained.values()], self._refill_taken)
         ranks = [mine]
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             ranks = [None] * dist.get_world_size()
             dist.all_gather_object(ranks, mine)
-        return {"stream_positions": ranks, "refill_taken": self._refill_taken, "num_workers": self.num_workers,
-                "world_size": len(ranks)}
+        return {"stream_positions": [r[0] for r in ranks], "refill_taken": [r[1] for r in ranks],
+                "num_workers": self.num_workers, "world_size": len(ranks)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._resume = dict(state)
@@ -199,7 +200,7 @@ class ChexoneDataModule(L.LightningDataModule):
     def _apply_resume(self, epoch: int) -> None:
         from chexone.data.stream_position import StreamPosition
 
-        state, self._resume = self._resume, ({"refill_taken": self._resume.get("refill_taken", 0)}
+        state, self._resume = self._resume, ({"refill_taken": self._resume.get("refill_taken", [])}
                                              if self._resume else None)
         rank, world = self._rank_world()
         if not state or "stream_positions" not in state:
