@@ -117,7 +117,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("train/answer_tokens", "lengths", "Answer (loss) tokens trained on in the step.", "tokens", "sft"),
     # --- speed
     Metric("train/time/generation", "speed", "Seconds of the step spent sampling completions.", "s", "grpo"),
-    Metric("train/time/rewards", "speed", "Seconds spent scoring completions.", "s", "grpo"),
+    Metric("train/time/rewards", "speed", "Seconds the step waited for reward scoring (with dynamic sampling all of it; otherwise what the background "
+           "scoring did not overlap with the log-prob passes).", "s", "grpo"),
     Metric("train/time/logps", "speed", "Seconds spent on old-policy and reference log-prob passes.", "s", "grpo"),
     Metric("train/time/policy", "speed", "Seconds spent in policy forward/backward passes.", "s", "grpo"),
     Metric("train/time/step", "speed", "Wall-clock seconds of the whole step.", "s", "grpo"),
