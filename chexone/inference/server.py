@@ -302,7 +302,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             raise APIError(400, "invalid Content-Length") from err
         if n > self.server.max_request_bytes:
-            self.close_connection = True  # not read: the connection cannot be reused
+            self.close_connection = True  # the body is not parsed: the connection is not reused
+            self._discard(n)
             raise APIError(413, f"request body of {n} bytes exceeds the limit of {self.server.max_request_bytes} "
                                 "bytes (--max-request-mb)", code="request_too_large")
         raw = self.rfile.read(n)
@@ -310,6 +311,22 @@ class _Handler(BaseHTTPRequestHandler):
             return json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise APIError(400, f"the body is not valid JSON: {err}") from err
+
+    def _discard(self, n: int, cap: int = 64 << 20, timeout: float = 10.0) -> None:
+        """Read and drop up to ``cap`` bytes of a refused body before answering. Closing a socket with unread data
+        resets the connection, and a client still sending its body then gets a broken pipe instead of the 413; a
+        body larger than ``cap`` (or one that stalls past ``timeout``) is left unread and the connection closed."""
+        if n > cap:
+            return
+        try:
+            self.connection.settimeout(timeout)
+            while n > 0:
+                chunk = self.rfile.read(min(n, 1 << 16))
+                if not chunk:
+                    break
+                n -= len(chunk)
+        except OSError:
+            pass
 
     def _drain(self) -> None:
         """Read a small unwanted body so the connection stays usable; a large one closes the connection."""
