@@ -52,7 +52,7 @@ SCRIPT = textwrap.dedent(
     if stage == "sft":
         cfg = load_config("stage1_sft", common + ["trainer.max_steps=2", "trainer.global_batch_size=4",
                                                   "data.micro_batch_size=2", "trainer.val_every_n_steps=0",
-                                                  "data.val=[]", "trainer.val_samples=0"])
+                                                  "trainer.val_samples=2", "trainer.val_max_new_tokens=4"])
     else:
         cfg = load_config("stage2_grpo", common + ["trainer.max_steps=2", "grpo.init_from=''",
                                                    "grpo.num_generations=4", "grpo.prompts_per_step=2",

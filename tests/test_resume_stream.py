@@ -39,7 +39,8 @@ SCRIPT = textwrap.dedent(
                  "export_hf=false", "trainer.checkpoint_every_n_steps=1", "trainer.max_steps=6"] + extra
     if stage == "sft":
         cfg = load_config("stage1_sft", overrides + ["trainer.val_every_n_steps=0", "data.val=[]",
-                                                     "trainer.val_samples=0", "data.micro_batch_size=2",
+                                                     "trainer.val_samples=2", "trainer.val_max_new_tokens=4",
+                                                     "data.micro_batch_size=2",
                                                      "data.shuffle_buffer=16"])
     else:
         cfg = load_config("stage2_grpo", overrides + ["grpo.init_from=''", "grpo.num_generations=2",

@@ -267,7 +267,7 @@ def test_fused_adamw_is_clipped_under_bf16_mixed_precision(tmp_path, cache_dir, 
                  "optim.max_grad_norm=0.001", "export_hf=false", "trainer.checkpoint_every_n_steps=100"]
     if recipe == "stage1_sft":
         overrides += ["data.micro_batch_size=2", "trainer.global_batch_size=2", "trainer.val_every_n_steps=0",
-                      "data.val=[]", "trainer.val_samples=0"]
+                      "trainer.val_samples=2", "trainer.val_max_new_tokens=4"]
     else:
         from chexone.registry import REWARDS
 
