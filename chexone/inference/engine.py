@@ -198,7 +198,8 @@ def _expand_cache(path: str) -> str:
     """The ``tiny`` model cache path with ``${oc.env:CHEXONE_CACHE,...}`` resolved (no OmegaConf outside recipes)."""
     import os
 
+    from chexone.cache import cache_root
+
     if path.startswith("${oc.env:CHEXONE_CACHE"):
-        root = os.environ.get("CHEXONE_CACHE") or "~/.cache/chexone"
-        return os.path.expanduser(os.path.join(root, "tiny-model"))
+        return str(cache_root() / "tiny-model")
     return os.path.expanduser(path)

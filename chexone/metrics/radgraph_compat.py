@@ -243,7 +243,9 @@ def model_root_for(model_dir: str | os.PathLike, *, cache_root: str | os.PathLik
     """The extracted model directory for a directory or a ``.tar.gz`` archive (extracted under ``cache_root``)."""
     p = Path(os.path.expanduser(str(model_dir)))
     if p.is_file():
-        root = Path(os.path.expanduser(str(cache_root or os.environ.get("CHEXONE_CACHE", "~/.cache/chexone"))))
+        from chexone.cache import cache_root as default_cache_root
+
+        root = Path(os.path.expanduser(str(cache_root))) if cache_root else default_cache_root()
         p = _extract(p, root / "radgraph")
     found = _find_model_root(p)
     if found is None:

@@ -52,8 +52,9 @@ def demo_sft_key(cfg: Any) -> str:
 
 
 def _cache_root() -> Path:
-    cache = Path(os.path.expanduser(os.environ.get("CHEXONE_CACHE", "~/.cache/chexone")))
-    return cache / f"demo-sft-{demo_sft_key(demo_sft_config())}"
+    from chexone.cache import cache_root
+
+    return cache_root() / f"demo-sft-{demo_sft_key(demo_sft_config())}"
 
 
 def ensure_demo_sft_model(grpo_cfg: Any) -> Path:
