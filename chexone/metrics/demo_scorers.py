@@ -15,7 +15,6 @@ Select it with ``metric_kwargs: {demo_scorers: <dir>}`` on the ``report`` reward
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import os
@@ -26,6 +25,8 @@ import uuid
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from chexone.cache import cache_lock
 
 __all__ = ["DEMO_SCORERS_BANNER", "DEMO_SCORERS_VERSION", "demo_report_sentences", "demo_scorer_settings",
            "ensure_demo_scorers"]
@@ -115,21 +116,6 @@ def _complete(root: Path) -> bool:
         Path(p).exists() for k, p in _settings(root).items() if k.endswith(("_model", "_path", "_dir")))
 
 
-@contextlib.contextmanager
-def _lock(path: Path):
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - non-POSIX
-        yield
-        return
-    with open(path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
 def ensure_demo_scorers(directory: str | os.PathLike) -> Path:
     """Build the tiny scorer models into ``directory/v<version>`` once (atomically, under a lock file, safe for
     concurrent callers) and return that path."""
@@ -137,7 +123,7 @@ def ensure_demo_scorers(directory: str | os.PathLike) -> Path:
     if _complete(root):
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(root.parent / f".{root.name}.lock"):
+    with cache_lock(root.parent / f".{root.name}.lock"):
         if _complete(root):
             return root
         tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"

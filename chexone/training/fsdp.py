@@ -9,13 +9,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-
-def is_fsdp2(model: nn.Module) -> bool:
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:  # pragma: no cover - very old torch
-        return False
-    return isinstance(model, FSDPModule)
+from chexone.training.core import is_fsdp2
 
 
 @contextmanager

@@ -7,7 +7,6 @@ shards from the command line.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -18,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from chexone.cache import cache_lock
 from chexone.data.demo.generate import TASK_WEIGHTS, demo_samples
 
 __all__ = ["DEFAULT_SIZES", "GENERATOR_VERSION", "demo_samples", "ensure_demo_shards", "write_demo_splits"]
@@ -135,22 +135,6 @@ def _patterns(root: Path, manifest: dict[str, Any]) -> dict[str, str]:
     return {split: str(root / info["pattern"]) for split, info in manifest["splits"].items()}
 
 
-@contextlib.contextmanager
-def _lock(path: Path):
-    """Exclusive advisory lock (POSIX ``flock``); a no-op where unavailable (rename handling still applies)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - non-POSIX
-        yield
-        return
-    with open(path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
 def ensure_demo_shards(
     root: str | Path,
     *,
@@ -174,7 +158,7 @@ def ensure_demo_shards(
     if m:
         return _patterns(root, m)
     root.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(root.parent / f".{root.name}.lock"):
+    with cache_lock(root.parent / f".{root.name}.lock"):
         m = _complete(root, sizes, seed, image_size)  # another process may have finished meanwhile
         if m:
             return _patterns(root, m)
