@@ -4,29 +4,17 @@ every section renders, every embedded image decodes, nothing is fetched from any
 
 from __future__ import annotations
 
-import os
-import shutil
-from pathlib import Path
-
-import pytest
-
+from browser_kit import CHROMIUM, needs_chromium, screenshot_dir
 from test_dashboard import make_run_dir
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-REPO = Path(__file__).resolve().parents[1]
 
-
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no chromium binary at {CHROMIUM} (CI installs Debian's "
-                                                          f"chromium; apt-get install chromium)")
+@needs_chromium
 def test_the_report_renders_in_a_real_browser(tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     from chexone.dashboard.report import build_report
 
-    shots = Path(os.environ.get("CHEXONE_SCREENSHOTS") or tmp_path / "screenshots")
-    if not shots.is_absolute():
-        shots = REPO / shots
-    shots.mkdir(parents=True, exist_ok=True)
+    shots = screenshot_dir(tmp_path)
     report = build_report(make_run_dir(tmp_path / "run"))
     requested = []
     with sync_playwright() as p:

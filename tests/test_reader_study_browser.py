@@ -7,18 +7,15 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
+from browser_kit import CHROMIUM, needs_chromium, screenshot_dir
 from reader_study_kit import REPO, MODEL_NAME, ServerProcess, draft_record, make_study
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 DRAFT = ("FINDINGS: PA view of the chest. The heart size is normal. The lungs are clear. No pleural effusion. "
          "No pneumothorax.\nIMPRESSION: No acute cardiopulmonary abnormality.")
@@ -54,15 +51,11 @@ def _rows(path: Path) -> dict[tuple[str, str], dict[str, str]]:
         return {(r["reader_id"], r["item_id"]): r for r in csv.DictReader(f)}
 
 
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no chromium binary at {CHROMIUM} (CI installs Debian's "
-                                                          f"chromium; apt-get install chromium)")
+@needs_chromium
 def test_a_reader_works_through_the_study_in_a_real_browser(tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
-    shots = Path(os.environ.get("CHEXONE_SCREENSHOTS") or tmp_path / "screenshots")
-    if not shots.is_absolute():
-        shots = REPO / shots
-    shots.mkdir(parents=True, exist_ok=True)
+    shots = screenshot_dir(tmp_path)
     study = _study(tmp_path / "study")
     db = tmp_path / "answers.sqlite3"
     seen_types = []
