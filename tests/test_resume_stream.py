@@ -16,12 +16,13 @@ from chexone.data.stream_position import StampingCollate, StreamCursor, StreamPo
 
 SCRIPT = textwrap.dedent(
     """
-    import hashlib, json, os, sys
+    import faulthandler, hashlib, json, os, sys
     from lightning.pytorch.callbacks import Callback
     from chexone.config.load import load_config
     from chexone.training.run import run_fit
 
     out, stage, kill_at, extra = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+    faulthandler.dump_traceback_later(420, exit=True)  # a hang fails the test with every thread's stack, not silently
 
     def fingerprint(batch):
         if isinstance(batch, dict):
@@ -47,7 +48,8 @@ SCRIPT = textwrap.dedent(
                                                       "grpo.prompts_per_step=2", "grpo.max_completion_length=4",
                                                       "grpo.beta=0", "grpo.dynamic_sampling=true",
                                                       "grpo.max_resample_rounds=1", "data.shuffle_buffer=16"])
-    run_fit(cfg, callbacks=[Record()])
+    if __name__ == "__main__":  # DataLoader workers start from a forkserver, which imports this script
+        run_fit(cfg, callbacks=[Record()])
     """
 )
 

@@ -80,6 +80,13 @@ class DataConfig:
     micro_batch_size: int = doc(4, "Samples per device per forward pass.", ge=1)
     num_workers: int = doc(-1, "DataLoader worker processes per device; -1 = auto: one per core this process's share of "
                                 "the CPU leaves free, at most 8 (0 = load in the training process).", ge=-1)
+    worker_start_method: str = doc(
+        "auto", "How DataLoader workers start. forkserver forks them from a small single-threaded server process; "
+                "fork copies the training process, which can deadlock a worker when that process runs threads "
+                "(progress bars, torch.distributed); spawn starts fresh interpreters. auto = forkserver, except fork "
+                "when the program is a script without an `if __name__ == \"__main__\":` guard (forkserver and spawn "
+                "re-import the main script in every worker).",
+        choices=("auto", "forkserver", "spawn", "fork"))
     shuffle_buffer: int = doc(256, "Sample shuffle buffer size.", ge=0)
     max_length: int = doc(
         4096, "Maximum tokens per sample (prompt + image tokens + target); longer samples are skipped.", ge=1

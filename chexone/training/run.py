@@ -247,11 +247,10 @@ class ChexoneDataModule(L.LightningDataModule):
         ds.stream_key = TRAIN_STREAM
         if self.trainer is not None:
             self.set_epoch(self.trainer.current_epoch)
-        workers = self.num_workers
-        return torch.utils.data.DataLoader(
-            ds, batch_size=self.batch_size, collate_fn=self.train_collate, num_workers=workers,
-            persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
-        )
+        from chexone.runtime import worker_options
+
+        return torch.utils.data.DataLoader(ds, batch_size=self.batch_size, collate_fn=self.train_collate,
+                                           **worker_options(self.num_workers, d.worker_start_method, rank=rank))
 
     def val_dataloader(self):
         from chexone.data.shards import build_eval_dataset
@@ -363,7 +362,7 @@ def run_fit(cfg: Any, *, callbacks: list[Any] | None = None, announce: bool = Tr
     from chexone.tasks import get_task
     from chexone.training.preflight import preflight
 
-    from chexone.runtime import configure_threads, resolve_num_workers
+    from chexone.runtime import configure_threads, resolve_num_workers, start_worker_server, worker_start_method
     from chexone.training.checkpointing import DurableCheckpointIO, remove_partial_files, resolve_ckpt_path
     from chexone.training.lightning_compat import quiet_lightning_tips, quiet_resume_warning
     from chexone.training.summary import format_summary
@@ -381,6 +380,7 @@ def run_fit(cfg: Any, *, callbacks: list[Any] | None = None, announce: bool = Tr
     local_processes = max(1, world // int(cfg.trainer.num_nodes))
     threads = configure_threads(local_processes)  # each process its share of the cores
     workers = resolve_num_workers(int(cfg.data.num_workers), local_processes)
+    start_worker_server(worker_start_method(cfg.data.worker_start_method), workers)  # imports while the model loads
     rank_zero = launched_as_global_rank_zero()
     if rank_zero:
         for partial in remove_partial_files(ckpt_dir):
