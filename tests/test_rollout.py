@@ -216,21 +216,28 @@ def test_tokens_and_logps_identical_to_the_reference_engine(setup, name, check_e
             ref_tokens, ref_logps = reference_shared_prefill(model, enc, batch, s, ref_gen)
 
 
-def test_finished_rows_leave_the_batch_and_streaming_still_sees_every_row(stopping_model, monkeypatch):
+@pytest.mark.parametrize("static_cache", [True, False])
+def test_finished_rows_leave_the_batch_and_streaming_still_sees_every_row(stopping_model, monkeypatch, static_cache):
     from chexone.model import transformers_compat as compat
+    from chexone.model.static_decode import StaticDecoder
 
     model, enc, batch = stopping_model
     rows_per_forward, streamed = [], []
-    original = compat.forward_with_cache
+    original, original_step = compat.forward_with_cache, StaticDecoder.step
 
     def counting(model, **kwargs):
         rows_per_forward.append(kwargs["attention_mask"].shape[0])
         return original(model, **kwargs)
 
+    def counting_step(self, tokens, t):
+        rows_per_forward.append(tokens.shape[0])
+        return original_step(self, tokens, t)
+
     monkeypatch.setattr(compat, "forward_with_cache", counting)
+    monkeypatch.setattr(StaticDecoder, "step", counting_step)
     s = SETTINGS["paper"]
-    roll = SharedPrefillEngine(torch.Generator().manual_seed(7),
-                               on_tokens=lambda t: streamed.append(t.clone())).generate(model, enc, batch, s)
+    roll = SharedPrefillEngine(torch.Generator().manual_seed(7), on_tokens=lambda t: streamed.append(t.clone()),
+                               static_cache=static_cache).generate(model, enc, batch, s)
     lengths = roll.completion_mask.sum(1)
     # forward 0 is the prefill (2 prompts); decoding forward t runs the rows that had not stopped after step t
     assert rows_per_forward[0] == 2

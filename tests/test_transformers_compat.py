@@ -184,3 +184,26 @@ def test_a_custom_4d_mask_is_used_as_given(tiny_dir, kernel):
     assert torch.allclose(got[:, 5], ref[:, 2], atol=1e-5)
     assert torch.allclose(got[:, :5], compat.decoder_hidden_states(model, embeds[:, :5], torch.ones_like(x[:, :5]),
                                                                    pos[:, :, :5]), atol=1e-5)
+
+
+def test_text_decoder_parts_and_cache_tensors(setup):
+    # RELIES_ON: Qwen2_5_VLModel.language_model: .embed_tokens, .rotary_emb, .norm, .layers[i] (norms, projections,
+    # mlp), lm_head; Cache.layers[i].keys / .values (chexone.model.static_decode decodes from them)
+    model, batch = setup
+    parts = compat.decoder_parts(model)
+    cfg = model.config.text_config
+    assert len(parts.layers) == cfg.num_hidden_layers and parts.sliding_window is None
+    assert parts.num_heads * parts.head_dim == cfg.hidden_size
+    layer = parts.layers[0]
+    assert layer.q_proj.bias is not None and layer.o_proj.bias is None
+    assert layer.k_proj.out_features == parts.num_kv_heads * parts.head_dim
+    x = torch.randn(2, 1, cfg.hidden_size)
+    cos, sin = parts.rotary_emb(x, torch.zeros(3, 2, 1, dtype=torch.long))
+    assert cos.shape == sin.shape == (2, 1, parts.head_dim) and torch.allclose(cos, torch.ones_like(cos))
+    ids, attn = batch["input_ids"], batch["attention_mask"]
+    with torch.no_grad():
+        _, cache = compat.forward_with_cache(model, input_ids=ids, attention_mask=attn,
+                                             position_ids=compat.text_positions(attn))
+    kv = compat.cache_key_values(cache)
+    assert len(kv) == cfg.num_hidden_layers
+    assert kv[0][0].shape == kv[0][1].shape == (ids.shape[0], parts.num_kv_heads, ids.shape[1], parts.head_dim)

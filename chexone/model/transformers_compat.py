@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -46,6 +47,11 @@ RELIES_ON = (
     "pooler_output = .merger(last_hidden_state) rows reordered (the reorder read back through a forward hook on .merger)",
     "Qwen2_5_VLModel.forward(attention_mask=<4D mask>): a ready 4D mask is used as given "
     "(sdpa: bool, True = attend; eager: additive float); config._attn_implementation names the kernel",
+    "Qwen2_5_VLModel.language_model: .embed_tokens, .rotary_emb(x, position_ids [3, B, T]) -> (cos, sin), .norm and "
+    ".layers[i] with .input_layernorm / .post_attention_layernorm (RMSNorm: .weight, .variance_epsilon), "
+    ".self_attn.{q,k,v,o}_proj (nn.Linear; q/k/v with bias) and .mlp.{gate,up,down}_proj + .act_fn; "
+    "Qwen2_5_VLForConditionalGeneration.lm_head",
+    "Cache.layers[i].keys / .values: [B, kv_heads, T, head_dim] after a forward with use_cache=True",
 )
 
 
@@ -220,6 +226,71 @@ def forward_with_cache(model: nn.Module, *, attention_mask: torch.Tensor, positi
     return out.logits, _cache_of(out)
 
 
+@dataclass(frozen=True)
+class DecoderLayerParts:
+    input_norm: nn.Module
+    q_proj: nn.Linear
+    k_proj: nn.Linear
+    v_proj: nn.Linear
+    o_proj: nn.Linear
+    post_norm: nn.Module
+    gate_proj: nn.Linear
+    up_proj: nn.Linear
+    down_proj: nn.Linear
+    act_fn: Any
+
+
+@dataclass(frozen=True)
+class DecoderParts:
+    """The text decoder's pieces, for code that runs its arithmetic itself (chexone.model.static_decode)."""
+
+    embed_tokens: nn.Module
+    rotary_emb: nn.Module
+    layers: tuple[DecoderLayerParts, ...]
+    norm: nn.Module
+    lm_head: nn.Linear
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    sliding_window: Any
+
+
+def decoder_parts(model: nn.Module) -> DecoderParts:
+    """The text decoder's modules, or :class:`ModelAPIError` naming what is missing or not a plain ``nn.Linear``
+    (an adapter-wrapped projection, another architecture): callers then keep using the model's own forward."""
+    try:
+        lm, cfg = model.model.language_model, model.model.language_model.config
+        layers = tuple(
+            DecoderLayerParts(l.input_layernorm, l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj,
+                              l.self_attn.o_proj, l.post_attention_layernorm, l.mlp.gate_proj, l.mlp.up_proj,
+                              l.mlp.down_proj, l.mlp.act_fn)
+            for l in lm.layers)
+        heads = int(cfg.num_attention_heads)
+        parts = DecoderParts(lm.embed_tokens, lm.rotary_emb, layers, lm.norm, model.lm_head, heads,
+                             int(cfg.num_key_value_heads), int(cfg.hidden_size) // heads,
+                             getattr(cfg, "sliding_window", None) if getattr(cfg, "use_sliding_window", False) else None)
+    except AttributeError as err:
+        raise ModelAPIError(f"the text decoder does not have the expected parts ({err})") from err
+    for i, layer in enumerate(layers):
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
+            if type(getattr(layer, name)) is not nn.Linear:
+                raise ModelAPIError(f"layers[{i}].{name} is a {type(getattr(layer, name)).__name__}, not nn.Linear")
+        for name in ("input_norm", "post_norm"):
+            if not hasattr(getattr(layer, name), "variance_epsilon"):
+                raise ModelAPIError(f"layers[{i}].{name} is not an RMSNorm with variance_epsilon")
+    if type(parts.lm_head) is not nn.Linear:
+        raise ModelAPIError(f"lm_head is a {type(parts.lm_head).__name__}, not nn.Linear")
+    return parts
+
+
+def cache_key_values(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, the (keys, values) a KV cache holds: [B, kv_heads, T, head_dim] each."""
+    try:
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    except AttributeError as err:
+        raise ModelAPIError(f"the KV cache ({type(cache).__name__}) does not expose .layers[i].keys/.values") from err
+
+
 def repeat_cache(cache: Any, repeats: int) -> None:
     """Repeat every batch row of a KV cache ``repeats`` times in place (row i -> rows i*repeats ... ), so G samples
     continue from one prefill."""
@@ -233,7 +304,8 @@ def select_cache_rows(cache: Any, rows: torch.Tensor) -> None:
 
 
 __all__ = [
-    "CUSTOM_MASK_KERNELS", "RELIES_ON", "ModelAPIError", "attention_kernel", "cache_argument", "decoder_hidden_states",
+    "CUSTOM_MASK_KERNELS", "RELIES_ON", "DecoderLayerParts", "DecoderParts", "ModelAPIError", "attention_kernel",
+    "cache_argument", "cache_key_values", "decoder_hidden_states", "decoder_parts",
     "embed_inputs", "forward_with_cache", "image_features", "masked_hidden_states", "merge_vision_states",
     "packed_hidden_states", "repeat_cache", "rope_positions", "select_cache_rows", "text_positions", "vision_dtype",
     "vision_tower_states",

@@ -17,6 +17,7 @@ from torch import nn
 
 from chexone.model import transformers_compat as compat
 from chexone.model.processor import PromptEncoder
+from chexone.model.static_decode import StaticDecoder, static_decoder_problem
 from chexone.training.core import is_fsdp2, model_inputs, token_logps
 from chexone.training.sampling import exponential_race, filter_scores, greedy
 
@@ -103,15 +104,22 @@ class SharedPrefillEngine:
     multinomial does, so a row's tokens never depend on when other rows finish, and the draws of steps run after the
     last row stopped (between two checks) are rewound out of the generator.
 
+    Decoding steps run through ``chexone.model.static_decode`` (a KV cache preallocated for the whole completion, the
+    decoder's arithmetic without the generic forward: the same logits, about half the time per step on the tiny model)
+    wherever the model allows it (``static_cache=True``, not FSDP2-sharded, plain projections); otherwise through the
+    model's forward with its growing cache.
+
     ``on_tokens`` (optional) is called after every decoding step with the tokens just chosen ([rows], pad for rows
     already finished) and may return True to stop early: the streaming server uses it to send text as it is made.
     """
 
     def __init__(self, generator: torch.Generator | None = None,
-                 on_tokens: Callable[[torch.Tensor], bool | None] | None = None, check_every: int | None = None):
+                 on_tokens: Callable[[torch.Tensor], bool | None] | None = None, check_every: int | None = None,
+                 static_cache: bool = True):
         self.generator = generator
         self.on_tokens = on_tokens
         self.check_every = check_every
+        self.static_cache = static_cache  # decode through chexone.model.static_decode where the model allows it
 
     @torch.no_grad()
     def generate(self, model: nn.Module, encoder: PromptEncoder, batch: dict[str, Any],
@@ -151,9 +159,14 @@ class SharedPrefillEngine:
                                                   batch.get("mm_token_type_ids"))
         logits, cache = compat.forward_with_cache(model, inputs_embeds=compat.embed_inputs(model, ids, features),
                                                   attention_mask=attn, position_ids=positions)
-        compat.repeat_cache(cache, G)
-        logits = logits[:, -1].float().repeat_interleave(G, dim=0)
         rows, prompt_len, max_new = ids.shape[0] * G, ids.shape[1], settings.max_new_tokens
+        static = None
+        if self.static_cache and not is_fsdp2(model) and static_decoder_problem(model) is None:
+            static = StaticDecoder(model, cache, attn, attn.sum(-1, keepdim=True) + deltas, G, max_new)
+            cache = None
+        else:
+            compat.repeat_cache(cache, G)
+        logits = logits[:, -1].float().repeat_interleave(G, dim=0)
         # Per row still decoding: every token so far (the repetition penalty reads the prompt too, as generate's does),
         # the attention mask (filled ahead) and the RoPE position of its first new token.
         seen = torch.full((rows, prompt_len + max_new), pad, dtype=ids.dtype, device=device)
@@ -207,10 +220,16 @@ class SharedPrefillEngine:
                 checked = steps
                 if bool(finished.any()):  # drop finished rows from the batch and the KV cache
                     keep = (~finished).nonzero().squeeze(1).to(device)
-                    compat.select_cache_rows(cache, keep)
+                    if static is not None:
+                        static.select_rows(keep)
+                    else:
+                        compat.select_cache_rows(cache, keep)
                     seen, mask, first_position = seen[keep], mask[keep], first_position[keep]
                     active, done, nxt = active[keep], done[keep], nxt[keep]
             seen[:, prompt_len + t] = nxt
+            if static is not None:
+                logits = static.step(nxt, t)
+                continue
             logits, cache = compat.forward_with_cache(
                 model, input_ids=nxt[:, None], attention_mask=mask[:, : prompt_len + t + 1],
                 position_ids=(first_position + t)[None].expand(3, -1, -1), cache=cache)
