@@ -18,6 +18,7 @@ from chexone.model.loading import (
     resolve_dtype,
     resolve_model_path,
 )
+from chexone.model.patch_projection import use_linear_patch_projection
 from chexone.model.processor import ChexoneVLProcessor, PromptEncoder
 
 __all__ = ["LoadedModel", "load_pretrained", "ModelLoadError", "ChexoneVLProcessor", "PromptEncoder"]
@@ -54,6 +55,7 @@ def load_pretrained(cfg: Any, *, device_type: str, freeze: bool = True) -> Loade
         path, attn_implementation=attn, dtype=dtype, local_files_only=cfg.local_files_only,
         trust_remote_code=cfg.trust_remote_code,
     )
+    use_linear_patch_projection(model)  # the same weights, a matmul instead of a slow Conv3d
     if freeze:
         apply_freezing(model, vision=cfg.freeze.vision, merger=cfg.freeze.merger, llm=cfg.freeze.llm)
     if cfg.gradient_checkpointing:

@@ -52,6 +52,8 @@ RELIES_ON = (
     ".self_attn.{q,k,v,o}_proj (nn.Linear; q/k/v with bias) and .mlp.{gate,up,down}_proj + .act_fn; "
     "Qwen2_5_VLForConditionalGeneration.lm_head",
     "Cache.layers[i].keys / .values: [B, kv_heads, T, head_dim] after a forward with use_cache=True",
+    "Qwen2_5_VLModel.visual.patch_embed.proj: the patch nn.Conv3d (kernel = stride), called on [N, C, T, P, P] "
+    "patches with its output viewed as [N, embed_dim]",
 )
 
 
@@ -283,6 +285,18 @@ def decoder_parts(model: nn.Module) -> DecoderParts:
     return parts
 
 
+def vision_patch_projection(model: nn.Module) -> nn.Module:
+    """The vision tower's patch projection (a ``Conv3d`` in Qwen2.5-VL)."""
+    try:
+        return model.model.visual.patch_embed.proj
+    except AttributeError as err:
+        raise ModelAPIError(f"the vision tower has no patch_embed.proj ({err})") from err
+
+
+def set_vision_patch_projection(model: nn.Module, module: nn.Module) -> None:
+    model.model.visual.patch_embed.proj = module
+
+
 def cache_key_values(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per layer, the (keys, values) a KV cache holds: [B, kv_heads, T, head_dim] each."""
     try:
@@ -308,5 +322,5 @@ __all__ = [
     "cache_argument", "cache_key_values", "decoder_hidden_states", "decoder_parts",
     "embed_inputs", "forward_with_cache", "image_features", "masked_hidden_states", "merge_vision_states",
     "packed_hidden_states", "repeat_cache", "rope_positions", "select_cache_rows", "text_positions", "vision_dtype",
-    "vision_tower_states",
+    "set_vision_patch_projection", "vision_patch_projection", "vision_tower_states",
 ]
