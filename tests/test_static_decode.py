@@ -94,3 +94,27 @@ def test_unsupported_models_are_named_and_decode_through_the_models_forward(setu
     roll = SharedPrefillEngine().generate(model, enc, batch, SamplingSettings(num_generations=1, max_new_tokens=4,
                                                                               do_sample=False))
     assert not built and roll.completion_ids.shape[0] == 2
+
+
+@torch.no_grad()
+def test_bf16_autocast_steps_stay_close_to_the_models_forward(setup):
+    """Under bf16 mixed precision (how GPU runs generate) the buffers keep the prefill cache's dtype and the logits
+    stay within bf16 rounding of the model's forward."""
+    model, _, batch = setup
+    attn = batch["attention_mask"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, cache, first = _prefill(model, batch)
+        keys, values = compat.cache_key_values(cache)[0]
+        static = StaticDecoder(model, cache, attn, first, 2, max_new_tokens=3)
+        assert (static.keys[0].dtype, static.values[0].dtype) == (keys.dtype, values.dtype)  # roped keys are fp32
+        _, ref_cache, _ = _prefill(model, batch)
+        compat.repeat_cache(ref_cache, 2)
+        mask = torch.ones((4, attn.shape[1] + 3), dtype=attn.dtype)
+        mask[:, : attn.shape[1]] = attn.repeat_interleave(2, dim=0)
+        tokens = torch.tensor([11, 12, 13, 14])
+        for t in range(3):
+            ref, ref_cache = compat.forward_with_cache(model, input_ids=tokens[:, None],
+                                                       attention_mask=mask[:, : attn.shape[1] + t + 1],
+                                                       position_ids=(first.repeat_interleave(2, dim=0) + t)[None]
+                                                       .expand(3, -1, -1), cache=ref_cache)
+            torch.testing.assert_close(static.step(tokens, t), ref[:, -1].float(), atol=5e-2, rtol=2e-2)
