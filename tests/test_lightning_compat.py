@@ -78,3 +78,39 @@ def test_the_mid_epoch_resume_warning_still_reads_as_filtered():
         warnings.warn(RESUME_WARNING + " not resumable.", UserWarning)
         warnings.warn("another warning", UserWarning)
     assert [str(w.message) for w in seen] == ["another warning"]
+
+
+def test_logs_this_step_follows_log_every_n_steps():
+    # relies on: Trainer._logger_connector.should_update_logs (what LearningRateMonitor asks in on_train_batch_start)
+    import lightning as L
+    import torch
+
+    from chexone.training.lightning_compat import logs_this_step
+
+    class Probe(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.seen = []
+
+        def on_train_batch_start(self, batch, batch_idx):
+            self.seen.append((self.global_step, logs_this_step(self.trainer)))
+
+        def training_step(self, batch, batch_idx):
+            self.log("x", float(batch_idx))
+            return (self.w * batch).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    probe = Probe()
+    trainer = L.Trainer(max_steps=7, log_every_n_steps=3, accumulate_grad_batches=2, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(probe, torch.utils.data.DataLoader(torch.ones(20, 1), batch_size=1))
+    # per optimizer step (two micro-batches each): Lightning writes steps 3 and 6 (1-based)
+    by_step = {}
+    for step, flag in probe.seen:
+        by_step.setdefault(step, set()).add(flag)
+    assert all(len(flags) == 1 for flags in by_step.values())  # the same answer for every micro-batch of a step
+    assert [s for s, flags in sorted(by_step.items()) if True in flags] == [2, 5]
+    assert logs_this_step(object()) is True  # nothing to ask: log

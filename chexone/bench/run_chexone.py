@@ -69,7 +69,8 @@ def _trainer(cfg: Any, w: Workload, callback: L.Callback, *, grpo: bool) -> L.Tr
         accelerator="gpu" if w.device == "cuda" else "cpu", devices=1, precision=resolve_precision(cfg, w.device),
         max_steps=cfg.trainer.max_steps, max_epochs=-1, accumulate_grad_batches=1,
         gradient_clip_val=None if grpo else (cfg.optim.max_grad_norm or None),
-        logger=False, callbacks=[callback], enable_checkpointing=False, enable_progress_bar=False,
+        logger=False, log_every_n_steps=w.total_steps + 1,  # no metrics written, as TRL's logging_steps
+        callbacks=[callback], enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, use_distributed_sampler=False,
     )
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from chexone.model import transformers_compat as compat
 from chexone.training.guards import StepGuard, ensure_finite_weights, gradient_norm
+from chexone.training.lightning_compat import logs_this_step
 
 log = logging.getLogger(__name__)
 
@@ -273,6 +274,7 @@ class ChexoneModule(L.LightningModule):
         self.throughput = Throughput()
         self.step_guard = StepGuard(cfg.trainer.max_consecutive_skipped_steps, self.any_rank)
         self._window_loss: torch.Tensor | None = None  # summed loss of the micro-batches of this optimizer step
+        self._log_now = True  # set per step from trainer.log_every_n_steps (see log_now)
 
     def any_rank(self, flag: bool) -> bool:
         """True when ``flag`` is true on any rank (one scalar all-reduce; just ``flag`` in a single process)."""
@@ -296,11 +298,13 @@ class ChexoneModule(L.LightningModule):
         params = [p for group in optimizer.param_groups for p in group["params"]]
         if self._trainer is not None and str(self.trainer.precision) == "16-mixed":
             # fp16 loss scaling overflows on purpose while it finds its scale; its GradScaler skips those steps itself
-            self.log("train/grad_norm", gradient_norm(params), rank_zero_only=True)
+            if self.log_now:
+                self.log("train/grad_norm", gradient_norm(params), rank_zero_only=True)
             return True
         ok, norm = self.step_guard.check(params, loss=loss, step=self.global_step)
-        self.log("train/grad_norm", norm, rank_zero_only=True)
-        self.log("train/skipped_steps", float(self.step_guard.skipped), rank_zero_only=True)
+        if self.log_now or not ok:
+            self.log("train/grad_norm", norm, rank_zero_only=True)
+            self.log("train/skipped_steps", float(self.step_guard.skipped), rank_zero_only=True)
         return ok
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -350,7 +354,7 @@ class ChexoneModule(L.LightningModule):
     def on_before_optimizer_step(self, optimizer) -> None:
         if self.automatic_optimization:  # manual optimisation (GRPO) calls guard_step itself, before clipping
             self.guard_step(optimizer)
-        if self.global_step % max(1, self.cfg.trainer.log_every_n_steps) == 0:
+        if self.log_now:
             rates = self.throughput.rates()
             self.log("train/tokens_per_s", rates["tokens_per_s"], prog_bar=True, rank_zero_only=True)
             self.log("train/samples_per_s", rates["samples_per_s"], rank_zero_only=True)
@@ -360,7 +364,14 @@ class ChexoneModule(L.LightningModule):
                 for key, value in datamodule.skip_stats().items():
                     self.log(key, float(value), rank_zero_only=True)
 
+    @property
+    def log_now(self) -> bool:
+        """Whether this optimizer step's metrics reach the loggers (``trainer.log_every_n_steps``): metrics that only
+        feed the loggers are logged on those steps alone, since every ``self.log`` call costs ~1 ms in Lightning."""
+        return self._log_now
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._log_now = logs_this_step(self.trainer)
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "note_trained"):
             datamodule.note_trained(batch)  # its stream position goes into the next checkpoint (exact resume)

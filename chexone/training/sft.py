@@ -48,7 +48,8 @@ class SFTModule(ChexoneModule):
         self.throughput.add(int(batch["attention_mask"].sum()), batch["num_samples"])
         bs = batch["num_samples"]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
-        self.log("train/answer_tokens", float(n_tokens), reduce_fx="sum", batch_size=bs)
+        if self.log_now:
+            self.log("train/answer_tokens", float(n_tokens), reduce_fx="sum", batch_size=bs)
         for key in ("skipped_too_long", "skipped_invalid"):
             if batch.get(key):
                 self.log(f"train/{key}", float(batch[key]), reduce_fx="sum", batch_size=bs)
