@@ -25,6 +25,8 @@ def grpo_overrides(out, **extra):
         "grpo.max_completion_length": "12", "data.tasks": "[close_vqa,phrase_grounding]",
         "grpo.rewards": "[{name: format},{name: vqa},{name: grounding_iou},{name: vqa_strict, weight: 0}]",
         "grpo.log_completions_every_n_steps": "1", "export_hf": "false", "trainer.checkpoint_every_n_steps": "2",
+        # the whole demo training split as drawn, not the stage-2 demo's prompt pool in family turns
+        "data.demo_train_split": "train", "grpo.balance_tasks": "false",
     }
     base.update({k: str(v) for k, v in extra.items()})
     return [f"{k}={v}" for k, v in base.items()]

@@ -58,7 +58,10 @@ SCRIPT = textwrap.dedent(
                                                    "grpo.num_generations=4", "grpo.prompts_per_step=2",
                                                    "grpo.micro_batch_prompts=1", "grpo.max_completion_length=10",
                                                    "grpo.loss_type=dapo", "grpo.beta=0", "optim.lr=1e-3",
-                                                   "grpo.rewards=[{name: test_e_fraction}]"])
+                                                   "grpo.rewards=[{name: test_e_fraction}]",
+                                                   # the training split as drawn (its first prompts: no report task,
+                                                   # whose real scorer models are not here), not the demo's pool
+                                                   "data.demo_train_split=train", "grpo.balance_tasks=false"])
     run_fit(cfg, callbacks=[Record()])
     """
 )

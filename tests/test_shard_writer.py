@@ -17,7 +17,7 @@ from chexone.data.demo.generate import demo_samples
 from chexone.data.sample import SCHEMA_VERSION, Sample
 from webdata.writer import ShardWriter, sample_key
 
-SMALL = {"train": 12, "val": 4, "test": 6}
+SMALL = {"train": 12, "val": 4, "test": 6, "rl": 6}
 
 
 def read_tar(path: Path) -> list[tuple[str, bytes]]:
@@ -103,7 +103,7 @@ def test_demo_shards_deterministic_in_seed(tmp_path):
     write_demo_splits(tmp_path / "b", sizes=SMALL, seed=3)
     write_demo_splits(tmp_path / "c", sizes=SMALL, seed=4)
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.tar"))
-    assert len(files) == 6  # two shards per split
+    assert len(files) == 8  # two shards per split (train, val, test, rl)
     for rel in files:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
     assert any((tmp_path / "a" / rel).read_bytes() != (tmp_path / "c" / rel).read_bytes() for rel in files)
@@ -133,7 +133,7 @@ def test_writer_rejects_non_json_meta(tmp_path):
 def test_ensure_demo_shards_builds_once_and_rebuilds_on_change(tmp_path):
     root = tmp_path / "cache"
     patterns = ensure_demo_shards(root, sizes=SMALL, seed=0)
-    assert set(patterns) == {"train", "val", "test"}
+    assert set(patterns) == {"train", "val", "test", "rl"}
     assert patterns["train"] == str(root / "train" / "demo-train-{000000..000001}.tar")
     shard = root / "train" / "demo-train-000000.tar"
     stamp = shard.stat().st_mtime_ns

@@ -76,6 +76,9 @@ class DataConfig:
         "${oc.env:CHEXONE_CACHE,'~/.cache/chexone'}/demo-shards",
         "Where data=demo writes its generated shards on first use.",
     )
+    demo_train_split: str = doc(
+        "train", "With data=demo, the demo split trained on: train | rl (a pool of 24 prompts, 8 per rewarded task "
+                 "family, that the stage-2 demo trains on: docs/grpo.md, the CPU demo).", choices=("train", "rl"))
     samples_per_epoch: int = doc(0, "Samples per epoch over all ranks (0 = total from sizes.json).", ge=0)
     micro_batch_size: int = doc(4, "Samples per device per forward pass.", ge=1)
     num_workers: int = doc(-1, "DataLoader worker processes per device; -1 = auto: one per core this process's share of "
@@ -202,6 +205,10 @@ class RewardConfig:
 class GRPOConfig:
     num_generations: int = doc(8, "Completions sampled per prompt (G).", ge=2)
     prompts_per_step: int = doc(2, "Prompts per generation batch on each device.", ge=1)
+    balance_tasks: bool = doc(
+        False, "Feed the prompts in turns by task family (chexone.data.balance), so that a generation batch of at "
+               "least as many prompts as families scores every reward at every step: less noisy per-reward curves "
+               "with rare families. Families then come up equally often, whatever their share of the data.")
     micro_batch_prompts: int = doc(1, "Prompts (x G completions) per forward/backward pass.", ge=1)
     num_iterations: int = doc(1, "Optimizer steps per generation batch (mu); >1 computes old log-probs once.", ge=1)
     share_prompt: bool = doc(

@@ -722,9 +722,11 @@ class ShardTrainDataset(ShardDatasetBase):
         min_read: int = DEFAULT_MIN_READ,
         batch_size: int = 1,
         known_tasks: Iterable[str] | None = None,
+        balance_groups: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(shard_sets, max_skip_fraction=max_skip_fraction, task_filter=task_filter, min_read=min_read,
                          known_tasks=known_tasks)
+        self.balance_groups = dict(balance_groups) if balance_groups else None
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
         if not samples_per_epoch:
@@ -782,6 +784,13 @@ class ShardTrainDataset(ShardDatasetBase):
         """Samples worker ``worker`` of ``num_workers`` yields per epoch (whole batches of ``batch_size``)."""
         return _split_evenly(self.samples_per_rank, num_workers, worker, self.batch_size)
 
+    def _balanced(self, stream: Iterator[_Parsed]) -> Iterator[_Parsed]:
+        from chexone.data.balance import round_robin_by_group
+
+        groups = self.balance_groups
+        return round_robin_by_group(stream, lambda p: groups.get(str(p.record.get("task")), str(p.record.get("task"))),
+                                    sorted(set(groups.values())))
+
     def _endless_set(self, shard_set: ShardSet, rng: random.Random, tracker: _Tracker) -> Iterator[_Parsed]:
         """Shards of one set drawn uniformly with replacement and read whole, so every sample is equally likely."""
         dry, patience = 0, max(100, 3 * len(shard_set.shards))
@@ -820,6 +829,9 @@ class ShardTrainDataset(ShardDatasetBase):
         stream = _mix(streams, [s.weight for s in self.shard_sets], rng)
         # 3. shuffle buffer over undecoded samples (PNG bytes are far smaller than decoded images)
         stream = _shuffle(stream, self.shuffle_buffer, rng)
+        # 3a. optionally, turns by task group (chexone.data.balance); before the cursor, so resume replays it exactly
+        if self.balance_groups:
+            stream = self._balanced(stream)
         # 3b. position in this stream (exact resume): skip what was consumed before a resume, count what follows
         resume_epoch, consumed, yielded = (int(v) for v in self._resume[worker].tolist()) if worker < _MAX_SLOTS \
             else (-1, 0, 0)
@@ -933,6 +945,7 @@ def build_train_dataset(
     min_read: int = DEFAULT_MIN_READ,
     batch_size: int = 1,
     known_tasks: Iterable[str] | None = None,
+    balance_groups: Mapping[str, str] | None = None,
 ) -> ShardTrainDataset:
     """Training stream of :class:`Sample`: resampled shards, weighted set mixing, shuffle buffer, fixed epoch length.
 
@@ -942,6 +955,8 @@ def build_train_dataset(
     (seed, epoch, rank, worker); call ``set_epoch`` before each epoch for a fresh order (without it, each ``iter()``
     in the same process advances the epoch). ``task_filter``: keep only these task names (None/empty = all).
     ``known_tasks``: samples of any other task are skipped and counted as ``unknown_task`` (None = no check).
+    ``balance_groups``: task name -> group (e.g. its family); the shuffled stream then takes the groups in turns
+    (:func:`chexone.data.balance.round_robin_by_group`; None = as drawn).
     """
     return ShardTrainDataset(
         shard_sets,
@@ -955,6 +970,7 @@ def build_train_dataset(
         min_read=min_read,
         batch_size=batch_size,
         known_tasks=known_tasks,
+        balance_groups=balance_groups,
     )
 
 

@@ -118,10 +118,11 @@ def resolve_data(cfg: Any) -> None:
 
     verbose = launched_as_global_rank_zero()
     shards = ensure_demo_shards(os.path.expanduser(cfg.data.demo_dir), verbose=verbose)
-    OmegaConf.update(cfg, "data.train", [{"path": shards["train"], "weight": 1.0}])
+    train = shards[cfg.data.demo_train_split]  # "rl": the stage-2 demo's prompt pool
+    OmegaConf.update(cfg, "data.train", [{"path": train, "weight": 1.0}])
     if not cfg.data.val:
         OmegaConf.update(cfg, "data.val", [{"path": shards["val"], "weight": 1.0}])
-    log.info("data=demo: train %s | val %s", shards["train"], shards["val"])
+    log.info("data=demo: train %s | val %s", train, shards["val"])
 
 
 #: Stream key of the training stream (chexone.data.stream_position); the GRPO refill stream has none.
@@ -239,10 +240,12 @@ class ChexoneDataModule(L.LightningDataModule):
 
         rank, world = self._rank_world()
         d = self.cfg.data
+        balance = self.cfg.stage == "grpo" and self.cfg.grpo.balance_tasks  # prompts in turns by task family
         ds = self.train_dataset = build_train_dataset(
             d.train, samples_per_epoch=d.samples_per_epoch or None, seed=self.cfg.trainer.seed, rank=rank,
             world_size=world, shuffle_buffer=d.shuffle_buffer, max_skip_fraction=d.max_skip_fraction,
             task_filter=list(d.tasks) or None, batch_size=self.batch_size, known_tasks=_known_tasks(),
+            balance_groups=_task_families(d.tasks) if balance else None,
         )
         ds.stream_key = TRAIN_STREAM
         if self.trainer is not None:
@@ -270,6 +273,14 @@ def _known_tasks() -> list[str]:
     from chexone.registry import TASKS
 
     return TASKS.names()
+
+
+def _task_families(tasks: Any) -> dict[str, str]:
+    """Task name -> family, for the tasks in ``data.tasks`` (all registered tasks when it is empty)."""
+    from chexone.registry import TASKS
+    from chexone.tasks import get_task
+
+    return {name: get_task(name).family for name in (list(tasks) or TASKS.names())}
 
 
 def _forever(dataset):

@@ -1,8 +1,8 @@
 """Synthetic demo data: phantom chest radiographs and samples for every built-in task, written as WebDataset shards.
 
 ``ensure_demo_shards(root)`` is what recipes call: it builds the shards once (atomically, safe under concurrent
-callers) and returns the brace patterns of the train/val/test shard sets. ``python -m webdata.demo`` writes the same
-shards from the command line.
+callers) and returns the brace patterns of the train/val/test shard sets and of the "rl" split, the stage-2 demo's
+small prompt pool. ``python -m webdata.demo`` writes the same shards from the command line.
 """
 
 from __future__ import annotations
@@ -25,9 +25,11 @@ __all__ = ["DEFAULT_SIZES", "GENERATOR_VERSION", "demo_samples", "ensure_demo_sh
 #: Bump when the pictures, the samples or the shard layout change: cached shards are then rebuilt, and the cached
 #: stage-1 demo model (whose cache key includes this version, chexone.training.demo_init) is trained again.
 #: 2: short task-specific reasoning traces (task step, evidence, answer in the task's own shape).
-GENERATOR_VERSION = 2
+#: 3: the "rl" split, the stage-2 demo's prompt pool (``chexone.data.demo.generate.rl_pool_samples``); the other
+#: splits are unchanged.
+GENERATOR_VERSION = 3
 GENERATOR_NAME = "chexone.data.demo"
-DEFAULT_SIZES: dict[str, int] = {"train": 2000, "val": 200, "test": 300}
+DEFAULT_SIZES: dict[str, int] = {"train": 2000, "val": 200, "test": 300, "rl": 24}
 DEFAULT_IMAGE_SIZE = 112
 #: Shards per split: at least 2 (two data-parallel ranks each get one), at most ~250 samples each, equal sizes.
 MAX_SAMPLES_PER_SHARD = 250
@@ -59,7 +61,7 @@ def write_demo_splits(
     overwrite: bool = False,
     progress: Callable[[str, int], Any] | None = None,
 ) -> dict[str, Any]:
-    """Write ``out_dir/{train,val,test}/demo-<split>-NNNNNN.tar`` plus ``out_dir/manifest.json``; returns it.
+    """Write ``out_dir/{train,val,test,rl}/demo-<split>-NNNNNN.tar`` plus ``out_dir/manifest.json``; returns it.
 
     ``progress(split, n)`` may return an object with ``update(1)`` and ``close()`` (e.g. a tqdm bar).
     """
@@ -144,7 +146,7 @@ def ensure_demo_shards(
     verbose: bool = False,
 ) -> dict[str, str]:
     """Make sure ``root`` holds the demo shards for these settings and return their brace patterns
-    ``{"train": ".../train/demo-train-{000000..000007}.tar", "val": ..., "test": ...}``.
+    ``{"train": ".../train/demo-train-{000000..000007}.tar", "val": ..., "test": ..., "rl": ...}``.
 
     ``sizes`` overrides some of :data:`DEFAULT_SIZES`. When ``root`` is missing, incomplete or was built with other
     settings, the shards are written into a temporary sibling directory and renamed into place, under a lock file

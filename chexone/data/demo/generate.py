@@ -506,6 +506,38 @@ def make_sample(split: str, index: int, task: str, k: int, *, seed: int = 0, ima
 
 
 def demo_samples(split: str, n: int, *, seed: int = 0, image_size: int = 112) -> Iterator[Sample]:
-    """The ``n`` demo samples of ``split`` ("train" | "val" | "test" | any name), deterministic in ``seed``."""
+    """The ``n`` demo samples of ``split`` ("train" | "val" | "test" | "rl" | any name), deterministic in ``seed``."""
+    if split == RL_SPLIT:
+        yield from rl_pool_samples(n, seed=seed, image_size=image_size)
+        return
     for index, (task, k) in enumerate(sample_plan(split, n, seed)):
         yield make_sample(split, index, task, k, seed=seed, image_size=image_size)
+
+
+#: The stage-2 demo's prompt pool. A few dozen prompts that a short CPU run sees several times each: the policy can
+#: then learn them within 120 steps, and the per-step reward means are not dominated by which prompts a step happened
+#: to draw. Unlike the other splits it is not drawn by ``TASK_WEIGHTS``: the task families with a stage-2 reward come
+#: in turns (multiple choice, report, grounding), the tasks of a family in turns within it.
+RL_SPLIT = "rl"
+RL_POOL_FAMILIES: tuple[tuple[str, ...], ...] = (
+    ("close_vqa", "view_classification", "temporal_classification", "disease_classification"),
+    ("findings_generation", "impression_generation", "progression_generation"),
+    ("phrase_grounding", "abnormality_grounding"),
+)
+
+
+def rl_pool_samples(n: int, *, seed: int = 0, image_size: int = 112) -> Iterator[Sample]:
+    """The ``n`` samples of the "rl" split: families and tasks in turns (``RL_POOL_FAMILIES``), and only grounding
+    prompts with a finding to box, since the grounding reward scores a prompt without one 0 whatever the answer (no
+    learning signal; CheXOne's low-variance filter would drop it too)."""
+    next_k: dict[str, int] = {}
+    for index in range(n):
+        family = RL_POOL_FAMILIES[index % len(RL_POOL_FAMILIES)]
+        task = family[(index // len(RL_POOL_FAMILIES)) % len(family)]
+        while True:
+            k = next_k.get(task, 0)
+            next_k[task] = k + 1
+            sample = make_sample(RL_SPLIT, index, task, k, seed=seed, image_size=image_size)
+            if task not in _GROUNDING_TASKS or sample.meta.get("boxes"):
+                yield sample
+                break
