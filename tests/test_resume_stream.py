@@ -47,7 +47,8 @@ SCRIPT = textwrap.dedent(
         cfg = load_config("stage2_grpo", overrides + ["grpo.init_from=''", "grpo.num_generations=2",
                                                       "grpo.prompts_per_step=2", "grpo.max_completion_length=4",
                                                       "grpo.beta=0", "grpo.dynamic_sampling=true",
-                                                      "grpo.max_resample_rounds=1", "data.shuffle_buffer=16"])
+                                                      "grpo.max_resample_rounds=1", "data.shuffle_buffer=16",
+                                                      "data.demo_train_split=train", "grpo.balance_tasks=false"])
     if __name__ == "__main__":  # DataLoader workers start from a forkserver, which imports this script
         run_fit(cfg, callbacks=[Record()])
     """
