@@ -160,9 +160,10 @@ class SharedPrefillEngine:
         logits, cache = compat.forward_with_cache(model, inputs_embeds=compat.embed_inputs(model, ids, features),
                                                   attention_mask=attn, position_ids=positions)
         rows, prompt_len, max_new = ids.shape[0] * G, ids.shape[1], settings.max_new_tokens
+        prompt_first_position = attn.sum(-1, keepdim=True) + deltas  # RoPE position of each prompt's first new token
         static = None
         if self.static_cache and not is_fsdp2(model) and static_decoder_problem(model) is None:
-            static = StaticDecoder(model, cache, attn, attn.sum(-1, keepdim=True) + deltas, G, max_new)
+            static = StaticDecoder(model, cache, attn, prompt_first_position, G, max_new)
             cache = None
         else:
             compat.repeat_cache(cache, G)
@@ -173,7 +174,7 @@ class SharedPrefillEngine:
         seen[:, :prompt_len] = ids.repeat_interleave(G, dim=0)
         mask = torch.ones((rows, prompt_len + max_new), dtype=attn.dtype, device=device)
         mask[:, :prompt_len] = attn.repeat_interleave(G, dim=0)
-        first_position = (attn.sum(-1, keepdim=True) + deltas).repeat_interleave(G, dim=0)
+        first_position = prompt_first_position.repeat_interleave(G, dim=0)
         active = torch.arange(rows, device=device)  # the output row of each row still decoding
         done = torch.zeros(rows, dtype=torch.bool, device=device)
         # Outputs, in output rows.
