@@ -367,7 +367,7 @@ class ChexoneModule(L.LightningModule):
     @property
     def log_now(self) -> bool:
         """Whether this optimizer step's metrics reach the loggers (``trainer.log_every_n_steps``): metrics that only
-        feed the loggers are logged on those steps alone, since every ``self.log`` call costs ~1 ms in Lightning."""
+        feed the loggers are logged on those steps alone, since every ``self.log`` call costs Lightning bookkeeping."""
         return self._log_now
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:

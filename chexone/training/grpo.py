@@ -406,7 +406,7 @@ class GRPOModule(ChexoneModule):
             metrics[f"reward_errors/{name}"] = float(count)
         for name, seconds in timer.seconds.items():
             metrics[f"time/{name}"] = seconds
-        if self.log_now:  # ~1 ms of Lightning bookkeeping per value: only on steps whose metrics are written
+        if self.log_now:  # Lightning bookkeeping per value: only on steps whose metrics are written
             self.log_dict({f"train/{k}": v for k, v in metrics.items()}, batch_size=len(groups))
         self.log("train/reward", metrics["reward/total_mean"], prog_bar=True, logger=False, batch_size=len(groups))
         self.history.append({"step": float(self.global_step), **metrics})

@@ -10,7 +10,7 @@
   (chexone/data/stream_position.py), so that warning would be false; it is filtered by its text.
 
 * Whether the metrics of the coming step reach the loggers: ``trainer._logger_connector.should_update_logs`` (what
-  Lightning's own ``LearningRateMonitor`` asks in ``on_train_batch_start``). A ``self.log`` call costs ~1 ms of
+  Lightning's own ``LearningRateMonitor`` asks in ``on_train_batch_start``). A ``self.log`` call costs
   Lightning bookkeeping whether or not the value is written, so metrics that only feed the loggers are computed and
   logged on those steps only (:func:`logs_this_step`).
 
