@@ -105,14 +105,12 @@ GRPO_SCRIPT = textwrap.dedent(
             with open(os.path.join(out, f"grpo_rank{trainer.global_rank}.json"), "w") as f:
                 json.dump({"step": trainer.global_step, "world": trainer.world_size}, f)
 
+    # the demo's own pool: a report prompt every step, so both ranks build or load the demo report scorers at once
     cfg = load_config("stage2_grpo", ["model=tiny", "data=demo", "logger=none", f"output_dir={out}",
                                       "trainer.max_steps=2", "trainer.devices=2", "trainer.strategy=ddp",
                                       "trainer.accelerator=cpu", "grpo.init_from=''", "grpo.num_generations=4",
                                       "grpo.prompts_per_step=2", "grpo.max_completion_length=12",
-                                      "trainer.progress_bar=false", "export_hf=false", "grpo.loss_type=dapo",
-                                      # the training split as drawn, not the demo's balanced pool (whose report
-                                      # prompts bring the demo report scorers: see the note in test_multinode.py)
-                                      "data.demo_train_split=train", "grpo.balance_tasks=false"])
+                                      "trainer.progress_bar=false", "export_hf=false", "grpo.loss_type=dapo"])
     run_fit(cfg, callbacks=[Steps()])
     """
 )

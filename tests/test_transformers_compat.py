@@ -207,3 +207,58 @@ def test_text_decoder_parts_and_cache_tensors(setup):
     kv = compat.cache_key_values(cache)
     assert len(kv) == cfg.num_hidden_layers
     assert kv[0][0].shape == kv[0][1].shape == (ids.shape[0], parts.num_kv_heads, ids.shape[1], parts.head_dim)
+
+
+SAVE_ON_RANK_SCRIPT = """
+import json, os, sys
+import torch.distributed as dist
+from transformers import BertConfig, BertModel
+from chexone.model.transformers_compat import save_local_model
+
+out, rank = sys.argv[1], int(os.environ["RANK"])
+dist.init_process_group("gloo", rank=rank, world_size=2)
+cfg = BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8)
+BertModel(cfg).save_pretrained(f"{out}/plain{rank}")
+save_local_model(BertModel(cfg), f"{out}/local{rank}")
+dist.barrier()
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.timeout(120)
+def test_save_local_model_writes_on_every_rank(tmp_path):
+    # RELIES_ON: PreTrainedModel.save_pretrained asks should_save_on_this_rank (compat.save_local_model)
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "save.py"
+    script.write_text(SAVE_ON_RANK_SCRIPT)
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path)], env={**env, "RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
+    for p in procs:
+        out, _ = p.communicate(timeout=100)
+        assert p.returncode == 0, out[-3000:]
+    saved = lambda d: (d / "config.json").is_file() and (d / "model.safetensors").is_file()  # noqa: E731
+    # transformers' own rule for a shared checkpoint: only rank 0 writes (why save_local_model exists) ...
+    assert saved(tmp_path / "plain0") and not saved(tmp_path / "plain1")
+    # ... and a file a process builds for itself is written on every rank
+    assert saved(tmp_path / "local0") and saved(tmp_path / "local1")
+
+
+def test_save_local_model_names_a_save_that_wrote_nothing(tmp_path, monkeypatch):
+    from transformers import BertConfig, BertModel
+
+    model = BertModel(BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=8))
+    monkeypatch.setattr(type(model), "save_pretrained", lambda self, d, **kw: None)
+    with pytest.raises(compat.ModelAPIError, match="wrote no config.json, model.safetensors"):
+        compat.save_local_model(model, tmp_path / "m")
+    assert "should_save_on_this_rank" not in vars(model)  # the class's own method is back

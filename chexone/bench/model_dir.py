@@ -94,6 +94,8 @@ def build_model_dir(w: Workload, root: str | Path) -> Path:
         return tiny
     from transformers import Qwen2_5_VLForConditionalGeneration
 
+    from chexone.model.transformers_compat import save_local_model
+
     target = root / w.model
     tokenizer = AutoTokenizer.from_pretrained(tiny)
     config = model_config(w, tokenizer)
@@ -104,7 +106,7 @@ def build_model_dir(w: Workload, root: str | Path) -> Path:
     with torch.device("cuda" if w.device == "cuda" else "cpu"):
         model = Qwen2_5_VLForConditionalGeneration(config).to(torch.bfloat16)
     torch.random.set_rng_state(state)
-    model.save_pretrained(target)
+    save_local_model(model, target)
     del model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # the workers, not this process, need the GPU's memory from here on

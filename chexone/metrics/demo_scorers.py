@@ -107,18 +107,28 @@ def _build(root: Path) -> None:
     build_tiny_radgraph(root / "radgraph", bert, model_type="radgraph", backbone_hub_id="chexone-demo/bert", seed=0)
 
 
+#: Files every complete build holds (relative to its root): checked before a build is used, so a damaged one is
+#: rebuilt instead of failing later inside a scorer's loader.
+REQUIRED_FILES = ("manifest.json", "bertscore-baseline.tsv", "chexbert.pth", "roberta/config.json",
+                  "roberta/model.safetensors", "roberta/tokenizer.json", "bert/config.json", "bert/model.safetensors",
+                  "bert/vocab.txt", "radgraph/radgraph/config.json", "radgraph/radgraph/weights.th")
+
+
 def _complete(root: Path) -> bool:
     try:
         manifest = json.loads((root / "manifest.json").read_text())
     except (OSError, ValueError):
         return False
-    return manifest.get("version") == DEMO_SCORERS_VERSION and all(
-        Path(p).exists() for k, p in _settings(root).items() if k.endswith(("_model", "_path", "_dir")))
+    return manifest.get("version") == DEMO_SCORERS_VERSION and all((root / f).is_file() for f in REQUIRED_FILES)
 
 
 def ensure_demo_scorers(directory: str | os.PathLike) -> Path:
-    """Build the tiny scorer models into ``directory/v<version>`` once (atomically, under a lock file, safe for
-    concurrent callers) and return that path."""
+    """Build the tiny scorer models into ``directory/v<version>`` once and return that path.
+
+    Safe for concurrent callers (threads, ranks, runs): the build happens in a private directory, manifest included,
+    under a lock file, and appears under its final name by one atomic rename, so a reader sees either no build or a
+    complete one. A complete build is never modified or deleted in place; a damaged one (files missing) is first
+    renamed aside, so a process still reading it keeps its open files."""
     root = Path(os.path.expanduser(str(directory))).absolute() / f"v{DEMO_SCORERS_VERSION}"
     if _complete(root):
         return root
@@ -126,16 +136,25 @@ def ensure_demo_scorers(directory: str | os.PathLike) -> Path:
     with cache_lock(root.parent / f".{root.name}.lock"):
         if _complete(root):
             return root
-        tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        for left in [*root.parent.glob(f".{root.name}.tmp-*"), *root.parent.glob(f".{root.name}.stale-*")]:
+            shutil.rmtree(left, ignore_errors=True)  # left by a builder that was killed (we hold the lock)
+        tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp = root.parent / f".{root.name}.tmp-{tag}"
+        stale = root.parent / f".{root.name}.stale-{tag}"
         try:
             _build(tmp)
-            shutil.rmtree(root, ignore_errors=True)  # an incomplete or outdated build (we hold the lock)
+            missing = [f for f in REQUIRED_FILES if f != "manifest.json" and not (tmp / f).is_file()]
+            if missing:
+                raise RuntimeError(f"building the demo report scorers in {tmp} wrote no {', '.join(missing)}")
+            # the manifest names the final paths and is written before the rename: its presence means complete
+            (tmp / "manifest.json").write_text(json.dumps({"version": DEMO_SCORERS_VERSION,
+                                                           "settings": _settings(root)}, indent=1) + "\n")
+            if root.exists():  # damaged or outdated (we hold the lock): move it out of the way in one step
+                os.rename(root, stale)
             os.rename(tmp, root)
-            # written last: a crash before it leaves a directory that the next caller rebuilds
-            (root / "manifest.json").write_text(json.dumps({"version": DEMO_SCORERS_VERSION,
-                                                            "settings": _settings(root)}, indent=1) + "\n")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(stale, ignore_errors=True)
     return root
 
 

@@ -64,6 +64,8 @@ def build_tiny_bert(path: str | os.PathLike, *, words: Sequence[str] = TINY_WORD
     """A tiny uncased BERT directory (config, weights, WordPiece tokenizer with ``model_max_length``)."""
     from transformers import BertConfig, BertModel, BertTokenizer
 
+    from chexone.model.transformers_compat import save_local_model
+
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -78,7 +80,7 @@ def build_tiny_bert(path: str | os.PathLike, *, words: Sequence[str] = TINY_WORD
     cfg.save_pretrained(path)
     if save_model:
         _seed(seed)
-        BertModel(cfg).save_pretrained(path)
+        save_local_model(BertModel(cfg), path)
     return path
 
 
@@ -88,6 +90,8 @@ def build_tiny_roberta(path: str | os.PathLike, *, sentences: Sequence[str] = TI
     """A tiny RoBERTa directory with a byte-level BPE trained on ``sentences`` (``model_max_length`` set)."""
     from tokenizers import ByteLevelBPETokenizer
     from transformers import RobertaConfig, RobertaModel, RobertaTokenizer
+
+    from chexone.model.transformers_compat import save_local_model
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -103,7 +107,7 @@ def build_tiny_roberta(path: str | os.PathLike, *, sentences: Sequence[str] = TI
                         intermediate_size=2 * hidden + 5, max_position_embeddings=max_positions, pad_token_id=1,
                         bos_token_id=0, eos_token_id=2, type_vocab_size=1)
     _seed(seed)
-    RobertaModel(cfg).save_pretrained(path)
+    save_local_model(RobertaModel(cfg), path)
     return path
 
 

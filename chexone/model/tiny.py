@@ -172,6 +172,7 @@ def build_tiny_model_dir(cache_dir: str | Path, *, seed: int = 0, min_pixels: in
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     from chexone.model.processor import ChexoneVLProcessor
+    from chexone.model.transformers_compat import save_local_model
 
     cache_dir = Path(os.path.expanduser(str(cache_dir)))
     target = cache_dir / f"tiny-v{TINY_VERSION}-{_fingerprint(seed, min_pixels, max_pixels)}"
@@ -186,7 +187,7 @@ def build_tiny_model_dir(cache_dir: str | Path, *, seed: int = 0, min_pixels: in
         torch.manual_seed(seed)
         model = Qwen2_5_VLForConditionalGeneration(config)
         torch.random.set_rng_state(devnull_seed)
-        model.save_pretrained(tmp)
+        save_local_model(model, tmp)
         image_processor = Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels)
         processor = ChexoneVLProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
         processor.save_pretrained(tmp)

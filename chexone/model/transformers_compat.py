@@ -54,6 +54,8 @@ RELIES_ON = (
     "Cache.layers[i].keys / .values: [B, kv_heads, T, head_dim] after a forward with use_cache=True",
     "Qwen2_5_VLModel.visual.patch_embed.proj: the patch nn.Conv3d (kernel = stride), called on [N, C, T, P, P] "
     "patches with its output viewed as [N, embed_dim]",
+    "PreTrainedModel.save_pretrained asks the model's should_save_on_this_rank(is_main_process) whether to write "
+    "(5.x: False on every rank but 0 once torch.distributed is initialized, and then writes nothing)",
 )
 
 
@@ -317,10 +319,36 @@ def select_cache_rows(cache: Any, rows: torch.Tensor) -> None:
     cache.batch_select_indices(rows)
 
 
+#: The files ``save_pretrained`` writes whatever the model: a directory without them was not saved.
+SAVED_MODEL_FILES = (("config.json",), ("model.safetensors", "model.safetensors.index.json"))
+
+
+def save_local_model(model: Any, directory: Any, **kwargs: Any) -> None:
+    """``model.save_pretrained(directory)`` that writes on this process even when torch.distributed is initialized.
+
+    transformers 5 writes a model only on global rank 0 once a process group exists, and silently writes nothing on
+    the other ranks. That is right for a shared checkpoint, but wrong for a file a process builds for itself (the demo
+    report scorers a rank builds on first use, a tiny model in a cache): there it left a half-written directory that
+    the next reader failed on. Files missing after the save raise :class:`ModelAPIError` instead."""
+    import os
+
+    model.should_save_on_this_rank = lambda is_main_process=True: True  # shadows the method for this call only
+    try:
+        model.save_pretrained(directory, **kwargs)
+    finally:
+        del model.should_save_on_this_rank
+    missing = [group[0] for group in SAVED_MODEL_FILES
+               if not any(os.path.isfile(os.path.join(directory, name)) for name in group)]
+    if missing:
+        raise ModelAPIError(f"{type(model).__name__}.save_pretrained({str(directory)!r}) wrote no {', '.join(missing)}"
+                            " (transformers' should_save_on_this_rank may have moved)")
+
+
 __all__ = [
     "CUSTOM_MASK_KERNELS", "RELIES_ON", "DecoderLayerParts", "DecoderParts", "ModelAPIError", "attention_kernel",
     "cache_argument", "cache_key_values", "decoder_hidden_states", "decoder_parts",
     "embed_inputs", "forward_with_cache", "image_features", "masked_hidden_states", "merge_vision_states",
     "packed_hidden_states", "repeat_cache", "rope_positions", "select_cache_rows", "text_positions", "vision_dtype",
-    "set_vision_patch_projection", "vision_patch_projection", "vision_tower_states",
+    "set_vision_patch_projection", "vision_patch_projection", "vision_tower_states", "SAVED_MODEL_FILES",
+    "save_local_model",
 ]
