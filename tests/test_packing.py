@@ -62,6 +62,8 @@ def test_plan_packing_maps_every_token_once():
     assert (lay.target[attn == 0] == -1).all()
     # text positions restart at every sample: row 1 holds samples 1 and 2 (2 + 3 tokens)
     assert lay.text_positions[1].tolist() == [0, 1, 0, 1, 2]
+    # row 0 holds sample 0 (4 tokens) and an empty slot, which continues sample 0's count: one causal sequence
+    assert lay.text_positions[0].tolist() == [0, 1, 2, 3, 4]
     one_row = plan_packing(attn, capacity=0)
     assert one_row.rows == 1 and one_row.width == 9
     with pytest.raises(ValueError, match="right-padded"):

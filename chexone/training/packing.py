@@ -52,7 +52,8 @@ class PackedLayout:
     filled: torch.Tensor
     #: [B, T] flat packed slot of each padded token (-1 for padding).
     target: torch.Tensor
-    #: [R, L] text positions: 0, 1, ... within each sample, restarting at each sample and at the empty tail.
+    #: [R, L] text positions: 0, 1, ... within each sample, restarting at each sample; a row's empty tail continues
+    #: its last sample's count.
     text_positions: torch.Tensor
 
 
@@ -81,7 +82,10 @@ def plan_packing(attention_mask: torch.Tensor, capacity: int | None = None) -> P
             target[b, :n] = slots
             text[r, col : col + n] = torch.arange(n)
             col += n
-        text[r, col:] = torch.arange(width - col)  # the empty tail: a sequence of its own, attended by nothing
+        # The empty tail continues the row's last sample: causal attention keeps that sample from seeing it, and
+        # nothing reads the tail's outputs. A row holding one sample then is one plain causal sequence, and when
+        # every row is, the model needs no block mask at all (sdpa runs its causal kernel).
+        text[r, col:] = torch.arange(lengths[members[-1]], lengths[members[-1]] + width - col)
     device = attention_mask.device
     return PackedLayout(R, width, source.to(device), filled.to(device), target.to(device), text.to(device))
 
