@@ -91,7 +91,8 @@ def test_attention_mask_by_hand():
     ]
 
 
-@pytest.mark.parametrize("attn,per_row,temperature", [("sdpa", 3, 1.0), ("sdpa", 2, 0.7), ("eager", 1, 1.0)])
+@pytest.mark.parametrize("attn,per_row,temperature", [("sdpa", 3, 1.0), ("sdpa", 2, 0.7), ("sdpa", 1, 1.0),
+                                                      ("eager", 1, 1.0)])
 def test_values_and_gradients_equal_the_per_completion_pass(tiny_dir, tiny_processor, attn, per_row, temperature):
     enc, prompts = _prompts(tiny_processor)
     ids, mask = _completions(enc, prompts["num_samples"])

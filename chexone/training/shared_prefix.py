@@ -10,7 +10,8 @@ completion, so computing them once and letting all G attend to them is the same 
 How many completions share a row: a dense attention kernel (sdpa/eager) computes the whole [L, L] score matrix of a
 row, masked blocks included, so very long rows trade the saved prompt copies for wasted attention. ``completions_per_row``
 picks the count that minimises a FLOP estimate (linear layers per token + attention per query/key pair) from the
-model's config.
+model's config. With one completion per row (long completions, short prompts) a row is a plain causal sequence and runs
+the model's own causal attention, without a custom mask.
 """
 
 from __future__ import annotations
@@ -158,7 +159,13 @@ def shared_prefix_logps(model: nn.Module, prompts: dict[str, Any], completion_id
     flat_pos = torch.cat([prompt_pos.reshape(3, -1), completion_pos.reshape(1, -1).expand(3, -1)], dim=1)
     positions = flat_pos[:, layout.source].reshape(3, layout.rows, layout.width)
 
-    hidden = compat.masked_hidden_states(model, embeds, attention_allowed(layout.segment), positions)
+    if per_row == 1:
+        # [prompt, completion, empty tail]: plain causal attention gives every used output the mask's value (the
+        # tail's outputs are never read), so the model runs its own causal kernel, which skips the masked half
+        text = torch.arange(layout.width, device=ids.device)[None].expand(layout.rows, -1)
+        hidden = compat.packed_hidden_states(model, embeds, positions, text)
+    else:
+        hidden = compat.masked_hidden_states(model, embeds, attention_allowed(layout.segment), positions)
     predicted = completion_mask.bool()
     selected = hidden.reshape(-1, H)[layout.predict_from[predicted]]
     logps, entropy = selected_token_logps(model.lm_head, selected, completion_ids[predicted], temperature,
