@@ -183,6 +183,7 @@ def _compare(tmp_path, argv):
     return markdown, points
 
 
+@pytest.mark.slow
 def test_compare_grpo_end_to_end(tmp_path):
     argv = ["grpo", *TINY, "--prompts", "1", "--generations", "2", "--completion-tokens", "5"]
     markdown, points = _compare(tmp_path, argv)
@@ -205,6 +206,7 @@ def test_compare_grpo_end_to_end(tmp_path):
         assert row in markdown
 
 
+@pytest.mark.slow
 def test_compare_sft_end_to_end(tmp_path):
     markdown, points = _compare(tmp_path, ["sft", *TINY, "--sft-batch", "2", "--no-packing"])
     runs = {r["framework"]: r for r in points["sft"].groups[0]}

@@ -103,6 +103,7 @@ run_fit(load_config("stage1_sft", sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_kill_9_during_a_checkpoint_write_leaves_last_complete_and_resume_cleans_up(tmp_path, cache_dir, demo_shards,
                                                                                     tiny_dir, capsys):
     from chexone.training.checkpointing import partial_files
@@ -255,6 +256,7 @@ def test_a_newer_step_checkpoint_than_last_is_preferred(run_copy):
     assert path == str(ckpts / "step-000002.ckpt") and "newer than" in notice
 
 
+@pytest.mark.slow
 def test_no_good_checkpoint_is_one_error_line_with_exit_code_2(run_copy, cache_dir):
     ckpts = run_copy / "checkpoints"
     for p in list(ckpts.glob("*.ckpt")):
@@ -324,6 +326,7 @@ def test_metrics_csv_keeps_the_steps_before_a_crash_and_logs_each_step_once(tmp_
     assert [int(float(r["step"])) for r in superseded if r.get("train/loss")] == [3, 4]
 
 
+@pytest.mark.slow
 def test_wandb_run_id_is_reused_on_resume(tmp_path, cache_dir, demo_shards, tiny_dir, monkeypatch):
     import wandb
 

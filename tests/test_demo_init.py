@@ -1,5 +1,7 @@
 """The stage-2 demo starts from the stage-1 demo model; a user's own stage-1 demo run provides it (trained once)."""
 
+import pytest
+
 from chexone.config.load import load_config
 from chexone.training import demo_init
 
@@ -43,6 +45,7 @@ def test_a_matching_run_offers_its_export_and_others_do_not(tmp_path, monkeypatc
     assert "using the cached stage-1 demo model" in printed[0]
 
 
+@pytest.mark.slow
 def test_a_real_stage1_demo_run_offers_its_export(tmp_path, cache_dir, demo_shards, tiny_dir, monkeypatch):
     """The config a run mutates (demo data paths, dtype) still matches: checked on a real, shortened run whose key is
     made the demo key."""

@@ -122,6 +122,7 @@ def _write_traced_shards(out, n_per_task: dict[str, int]) -> str:
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.slow
 def test_briefly_trained_model_answers_grounding_with_boxes_in_reasoning_mode(tmp_path, cache_dir, tiny_dir):
     """A shortened stage 1 on the traced demo samples, then grounding prompts with the reasoning suffix sampled at
     T=1.0 (the stage-2 settings): nearly every completion boxes a parseable box, none a multiple-choice answer."""
@@ -163,6 +164,7 @@ needs_report_extras = pytest.mark.skipif(
 
 @needs_report_extras
 @pytest.mark.timeout(300)
+@pytest.mark.slow
 def test_demo_report_reward_runs_the_real_radcliq_path_offline(tmp_path, capsys):
     from chexone.metrics.demo_scorers import DEMO_SCORERS_BANNER, DEMO_SCORERS_VERSION, demo_scorer_settings
     from chexone.metrics.radcliq import RadCliQScorer

@@ -50,6 +50,7 @@ SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.slow
 def test_ddp_two_ranks_stay_in_sync(tmp_path, cache_dir, tiny_dir):
     r0, r1 = run_two_ranks(tmp_path, cache_dir, "ddp")
     # validation: each rank answers its share, then all ranks score all answers (the harness's code) identically
@@ -59,6 +60,7 @@ def test_ddp_two_ranks_stay_in_sync(tmp_path, cache_dir, tiny_dir):
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.slow
 def test_fsdp2_two_ranks_train_and_export_full_weights(tmp_path, cache_dir, tiny_dir):
     from transformers import AutoModelForImageTextToText
 
@@ -117,6 +119,7 @@ GRPO_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.slow
 def test_grpo_ddp_two_ranks(tmp_path, cache_dir, tiny_dir, demo_shards):
     """GRPO under DDP: ranks step together (dapo's token count is all-reduced across ranks) and finish."""
     script = tmp_path / "grpo_ddp.py"

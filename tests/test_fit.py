@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import tiny_demo_overrides
@@ -18,6 +19,7 @@ def run_cli(args, env_extra=None, timeout=300):
                           timeout=timeout, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_cli_demo_run_writes_config_checkpoint_and_hf_model(tmp_path, cache_dir, demo_shards, tiny_dir):
     out = tmp_path / "run"
     proc = run_cli(["recipe=stage1_sft", *tiny_demo_overrides(out, **{"trainer.max_steps": 3, "logger": "csv"})],
@@ -62,6 +64,7 @@ def test_resume_continues_step_count_and_schedule(tmp_path, cache_dir, demo_shar
     assert (out / "checkpoints" / "step-000002.ckpt").exists() and (out / "checkpoints" / "step-000004.ckpt").exists()
 
 
+@pytest.mark.slow
 def test_missing_train_data_and_typo_are_clean_errors(tmp_path):
     proc = run_cli(["recipe=stage1_sft", "model=tiny"])
     assert proc.returncode == 2 and "data.train" in proc.stderr and "Traceback" not in proc.stderr
@@ -69,6 +72,7 @@ def test_missing_train_data_and_typo_are_clean_errors(tmp_path):
     assert proc.returncode == 2 and "did you mean 'trainer.max_steps'" in proc.stderr
 
 
+@pytest.mark.slow
 def test_offline_real_model_fails_fast_with_advice(tmp_path, cache_dir):
     proc = run_cli(["recipe=stage1_sft", "data=demo", f"output_dir={tmp_path}", "logger=none",
                     "model.path=Qwen/Qwen2.5-VL-3B-Instruct"], env_extra={"HF_HUB_OFFLINE": "1"})
@@ -97,6 +101,7 @@ def test_logger_choices(tmp_path, monkeypatch):
     assert build_logger(cfg, tmp_path) is False
 
 
+@pytest.mark.slow
 def test_cli_output_for_a_newcomer(tmp_path, cache_dir, tiny_dir):
     """Off a terminal: the demo data generation says what it does, progress is one line per update, no advertising
     or deprecation noise, and the run ends with where everything is and the next command."""

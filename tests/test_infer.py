@@ -184,6 +184,7 @@ def test_streamed_text_adds_up_to_the_answer(lively_model):
     assert all(len(pieces[i]) > 1 for i in range(2))
 
 
+@pytest.mark.slow
 def test_cli_answers_a_dicom_and_a_png_from_the_demo_export(sft_export, demo_files, tmp_path):
     proc = run_cli("--model", sft_export, "--image", demo_files / "demo.dcm",
                    "--image", demo_files / "demo-test-000001.img0.png", "--task", "progression_generation",
@@ -220,6 +221,7 @@ def test_cli_grounding_writes_the_boxes_png(demo_files, tmp_path, monkeypatch):
     (["--image", "{png}"], "give --question TEXT or --task NAME"),
     (["--batch", "{png}", "--image-root", "."], "--batch needs --output"),
 ])
+@pytest.mark.slow
 def test_cli_usage_errors_fail_before_the_model_loads(args, message, demo_files):
     png = demo_files / "demo-test-000000.img0.png"
     proc = run_cli("--model", "/nonexistent/model", *[a.format(png=png) for a in args], timeout=60)
@@ -228,6 +230,7 @@ def test_cli_usage_errors_fail_before_the_model_loads(args, message, demo_files)
     assert "Could not load" not in proc.stderr  # it stopped before trying the model
 
 
+@pytest.mark.slow
 def test_cli_corrupt_dicom_is_a_clear_error(sft_export, tmp_path):
     bad = tmp_path / "broken.dcm"
     bad.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\x04\x00garbage")
@@ -237,6 +240,7 @@ def test_cli_corrupt_dicom_is_a_clear_error(sft_export, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_missing_model_directory_says_what_to_do(demo_files):
     proc = run_cli("--model", "/nonexistent/model", "--image", demo_files / "demo-test-000000.img0.png", "--task",
                    "findings_generation", timeout=120)
@@ -310,6 +314,7 @@ def test_batch_resumes_after_an_interruption_and_refuses_other_settings(tmp_path
                   settings=GenerationSettings(max_new_tokens=7), style=PromptStyle())
 
 
+@pytest.mark.slow
 def test_batch_cli_on_the_demo_questions(sft_export, demo_files, tmp_path):
     questions = json.loads((demo_files / "questions.json").read_text())[:3]
     src = tmp_path / "q.jsonl"

@@ -126,6 +126,7 @@ def _initial_hash(tiny_dir) -> str:
     ("grpo", "ddp", "slurm"),
     ("grpo", "fsdp2", "torchrun"),
 ])
+@pytest.mark.slow
 def test_two_nodes_on_localhost_end_with_identical_weights(tmp_path, cache_dir, tiny_dir, demo_shards, stage,
                                                           strategy, launcher):
     r0, r1 = _launch(tmp_path, cache_dir, stage, strategy, launcher)

@@ -209,6 +209,7 @@ def test_export_refuses_nonfinite_weights(tmp_path, cache_dir, tiny_dir):
 # ------------------------------------------------------------------------------------------------ config
 
 
+@pytest.mark.slow
 def test_nonfinite_config_values_are_rejected_before_loading(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "chexone.fit", "recipe=stage1_sft", "model=tiny", "data=demo", "optim.lr=.inf",
@@ -241,6 +242,7 @@ def test_grpo_nan_reward_fails_or_scores_zero_and_weights_stay_finite(tmp_path, 
     assert all(torch.isfinite(v).all() for v in _sd(out / "checkpoints" / "last.ckpt").values())
 
 
+@pytest.mark.slow
 def test_cli_stops_with_one_clear_line_when_training_goes_non_finite(tmp_path, cache_dir, demo_shards, tiny_dir):
     script = tmp_path / "run.py"
     script.write_text(

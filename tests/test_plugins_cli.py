@@ -296,6 +296,7 @@ def on_path(new_plugin, monkeypatch):
         del sys.modules[module]
 
 
+@pytest.mark.slow
 def test_a_new_plugin_passes_its_own_tests_and_its_checks(new_plugin, on_path, tmp_path, capsys):
     """Straight after installation: its tests and `check` in fresh interpreters, and `list` shows its names."""
     root, site = new_plugin

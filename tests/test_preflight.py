@@ -33,6 +33,7 @@ def problems(proc):
     return listed or [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
 
 
+@pytest.mark.slow
 def test_fit_reports_every_bad_name_at_once_before_loading(tmp_path):
     proc = run("chexone.fit", ["recipe=stage1_sft", "model=tiny", "data=demo", "data.tasks=[close_vq,findings_generation]",
                                "trainer.val_metrics=[acuracy,bleu2]", "trainer.global_batch_size=6",
@@ -46,6 +47,7 @@ def test_fit_reports_every_bad_name_at_once_before_loading(tmp_path):
     assert not (tmp_path / "out").exists()  # nothing was written: the model never loaded
 
 
+@pytest.mark.slow
 def test_grpo_reward_names_and_duplicates_and_shards(tmp_path):
     proc = run("chexone.fit", ["recipe=stage2_grpo", "model=tiny", "data=demo",
                                "grpo.rewards=[{name: format},{name: vqa},{name: vqa, weight: 0.5},{name: grounding_io}]",
@@ -72,6 +74,7 @@ def test_malformed_list_overrides_are_rejected(override, problem):
     assert cfg.data.train[0].path == "/d/train-{000..009}.tar" and list(cfg.data.tasks) == ["close_vqa", "a]"]
 
 
+@pytest.mark.slow
 def test_filter_and_evaluate_check_task_names_first(tmp_path):
     lines = problems(run("chexone.filter", ["recipe=filter_low_variance", "model=tiny", "data=demo",
                                             "data.tasks=[phrase_grounding,view_clasification]"], tmp_path))

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from browser_kit import CHROMIUM, needs_chromium, screenshot_dir
@@ -52,6 +53,7 @@ def _rows(path: Path) -> dict[tuple[str, str], dict[str, str]]:
 
 
 @needs_chromium
+@pytest.mark.slow
 def test_a_reader_works_through_the_study_in_a_real_browser(tmp_path):
     from playwright.sync_api import expect, sync_playwright
 

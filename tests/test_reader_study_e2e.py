@@ -33,6 +33,7 @@ def talkative_export(sft_export, tmp_path_factory):
     return target
 
 
+@pytest.mark.slow
 def test_model_drafts_reach_the_readers_and_the_export(talkative_export, tmp_path):
     study = make_study(tmp_path / "study", n_draft=2, n_pairwise=1, n_rating=1, drafts=False, readers=["r1"],
                        image_size=56)

@@ -88,11 +88,13 @@ def _kill_and_resume(tmp_path, cache_dir, stage, extra, ranks=(0,), kill_at=3):
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.slow
 def test_sft_killed_and_resumed_sees_the_same_batches_with_workers(tmp_path, cache_dir, demo_shards, tiny_dir):
     _kill_and_resume(tmp_path, cache_dir, "sft", ["data.num_workers=2", "trainer.global_batch_size=4"])
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.slow
 def test_ddp_killed_and_resumed_sees_the_same_batches_on_every_rank(tmp_path, cache_dir, demo_shards, tiny_dir):
     _kill_and_resume(tmp_path, cache_dir, "sft", ["data.num_workers=1", "trainer.devices=2",
                                                   "trainer.strategy=ddp", "trainer.accelerator=cpu",
@@ -100,6 +102,7 @@ def test_ddp_killed_and_resumed_sees_the_same_batches_on_every_rank(tmp_path, ca
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.slow
 def test_grpo_killed_and_resumed_sees_the_same_prompts(tmp_path, cache_dir, demo_shards, tiny_dir):
     _kill_and_resume(tmp_path, cache_dir, "grpo", ["data.num_workers=0"])
 

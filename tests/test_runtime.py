@@ -1,5 +1,6 @@
 """CPU cores are shared out: torch threads per process and DataLoader workers never oversubscribe the machine."""
 
+import pytest
 import torch
 
 from chexone import runtime
@@ -113,6 +114,7 @@ def _alive(pid):
         return True
 
 
+@pytest.mark.slow
 def test_workers_exit_when_the_training_process_is_killed(tmp_path):
     """A killed training process leaves no worker behind (a forkserver's worker is not its child, so torch's own
     parent check never fires); the worker would otherwise keep the caller's pipes open forever."""

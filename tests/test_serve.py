@@ -180,6 +180,7 @@ def test_bad_requests_get_clear_4xx_errors(server, demo_files, tmp_path, case):
     assert get(base, "/health")[0] == 200
 
 
+@pytest.mark.slow
 def test_binds_localhost_by_default_and_refuses_a_missing_model(tmp_path):
     from chexone import serve
 

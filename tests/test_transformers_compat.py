@@ -226,6 +226,7 @@ dist.destroy_process_group()
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow
 def test_save_local_model_writes_on_every_rank(tmp_path):
     # RELIES_ON: PreTrainedModel.save_pretrained asks should_save_on_this_rank (compat.save_local_model)
     import os
