@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from chexone.data import shards as reader
 from chexone.data.sample import Sample
 from chexone.data.shards import build_eval_dataset, build_train_dataset
 from webdata.writer import SHARED_IMAGE_PREFIX, ShardWriter, image_digest
@@ -28,10 +27,6 @@ def sample(i: int, images: list[Image.Image], task: str = "open_vqa") -> Sample:
 def members(path) -> list[str]:
     with tarfile.open(path) as tf:
         return tf.getnames()
-
-
-def test_prefix_agrees_with_reader():
-    assert SHARED_IMAGE_PREFIX == reader.SHARED_IMAGE_PREFIX
 
 
 def test_group_stores_shared_image_once_and_reads_back(tmp_path):

@@ -38,13 +38,9 @@ from typing import Any
 from PIL import Image
 
 from chexone.data import remote
-from chexone.data.sample import SCHEMA_VERSION, Sample
+from chexone.data.sample import SCHEMA_VERSION, SHARED_IMAGE_PREFIX, Sample
 
 _KEY_OK = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
-
-#: Key prefix of shared image members; must equal ``chexone.data.shards.SHARED_IMAGE_PREFIX`` (checked by a test; not
-#: imported from there because that module imports torch, which shard-building workers do not need).
-SHARED_IMAGE_PREFIX = "__shared__"
 
 
 def image_digest(image: Image.Image) -> str:

@@ -21,6 +21,10 @@ SCHEMA_VERSION = 1
 #: JSON fields every sample must carry.
 REQUIRED_FIELDS = ("id", "task", "question", "answer")
 
+#: Key prefix of a shard's shared image members (one copy of an image several samples use); no sample key may start
+#: with it. Defined here, in a torch-free module, because the shard reader and the shard writer both need it.
+SHARED_IMAGE_PREFIX = "__shared__"
+
 
 class SampleError(ValueError):
     """A sample that cannot be used; the message names the sample and the problem."""

@@ -60,7 +60,7 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from chexone.data import remote
-from chexone.data.sample import REQUIRED_FIELDS, Sample, SampleError
+from chexone.data.sample import REQUIRED_FIELDS, SHARED_IMAGE_PREFIX, Sample, SampleError
 from chexone.data.stream_position import StreamCursor, set_current_cursor
 
 logger = logging.getLogger(__name__)
@@ -85,9 +85,6 @@ REASONS = (
     "truncated_tar",  # the tar ends inside a sample, or holds fewer samples than sizes.json says
     "unreadable_shard",  # the file cannot be opened or is not a tar
 )
-
-#: Key prefix of shared image members (see the module docstring); no sample key may start with it.
-SHARED_IMAGE_PREFIX = "__shared__"
 
 #: Image member extensions that are decoded; everything except these and "json" is ignored unread.
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg")
