@@ -160,21 +160,14 @@ class SharedPrefillEngine:
         logits, cache = compat.forward_with_cache(model, inputs_embeds=compat.embed_inputs(model, ids, features),
                                                   attention_mask=attn, position_ids=positions)
         rows, prompt_len, max_new = ids.shape[0] * G, ids.shape[1], settings.max_new_tokens
-        prompt_first_position = attn.sum(-1, keepdim=True) + deltas  # RoPE position of each prompt's first new token
-        static = None
-        if self.static_cache and not is_fsdp2(model) and static_decoder_problem(model) is None:
-            static = StaticDecoder(model, cache, attn, prompt_first_position, G, max_new)
-            cache = None
-        else:
-            compat.repeat_cache(cache, G)
+        first_position = attn.sum(-1, keepdim=True) + deltas  # RoPE position of each prompt's first new token
+        static = self.static_cache and not is_fsdp2(model) and static_decoder_problem(model) is None
+        decoder = (StaticDecoder if static else GrowingCacheDecoder)(model, cache, attn, first_position, G, max_new)
+        del cache  # the decoder holds what it needs of the prefill's cache
         logits = logits[:, -1].float().repeat_interleave(G, dim=0)
-        # Per row still decoding: every token so far (the repetition penalty reads the prompt too, as generate's does),
-        # the attention mask (filled ahead) and the RoPE position of its first new token.
+        # Per row still decoding: every token so far (the repetition penalty reads the prompt too, as generate's does).
         seen = torch.full((rows, prompt_len + max_new), pad, dtype=ids.dtype, device=device)
         seen[:, :prompt_len] = ids.repeat_interleave(G, dim=0)
-        mask = torch.ones((rows, prompt_len + max_new), dtype=attn.dtype, device=device)
-        mask[:, :prompt_len] = attn.repeat_interleave(G, dim=0)
-        first_position = prompt_first_position.repeat_interleave(G, dim=0)
         active = torch.arange(rows, device=device)  # the output row of each row still decoding
         done = torch.zeros(rows, dtype=torch.bool, device=device)
         # Outputs, in output rows.
@@ -221,20 +214,10 @@ class SharedPrefillEngine:
                 checked = steps
                 if bool(finished.any()):  # drop finished rows from the batch and the KV cache
                     keep = (~finished).nonzero().squeeze(1).to(device)
-                    if static is not None:
-                        static.select_rows(keep)
-                    else:
-                        compat.select_cache_rows(cache, keep)
-                    seen, mask, first_position = seen[keep], mask[keep], first_position[keep]
-                    active, done, nxt = active[keep], done[keep], nxt[keep]
+                    decoder.select_rows(keep)
+                    seen, active, done, nxt = seen[keep], active[keep], done[keep], nxt[keep]
             seen[:, prompt_len + t] = nxt
-            if static is not None:
-                logits = static.step(nxt, t)
-                continue
-            logits, cache = compat.forward_with_cache(
-                model, input_ids=nxt[:, None], attention_mask=mask[:, : prompt_len + t + 1],
-                position_ids=(first_position + t)[None].expand(3, -1, -1), cache=cache)
-            logits = logits[:, -1].float()
+            logits = decoder.step(nxt, t)
         _raise_if_invalid(invalid, steps)
         width = steps
         is_eos = tokens[:, :steps] == eos
@@ -244,6 +227,34 @@ class SharedPrefillEngine:
             if states and last_stop < steps - 1:  # rewind the draws made after it
                 generator.set_state(states[last_stop - checked])
         return _finish(encoder, tokens[:, :width], logps[:, :width])
+
+
+class GrowingCacheDecoder:
+    """Decoding through the model's own forward and its growing KV cache, for the models :class:`StaticDecoder`
+    cannot run; the same interface (``step``, ``select_rows``)."""
+
+    def __init__(self, model: nn.Module, cache: Any, attention_mask: torch.Tensor, first_position: torch.Tensor,
+                 repeats: int, max_new_tokens: int):
+        compat.repeat_cache(cache, repeats)
+        self.model, self.cache = model, cache
+        batch, self.prompt_len = attention_mask.shape
+        # the attention mask of every row, filled ahead, and the RoPE position of its first new token
+        self.mask = torch.ones((batch * repeats, self.prompt_len + max_new_tokens), dtype=attention_mask.dtype,
+                               device=attention_mask.device)
+        self.mask[:, : self.prompt_len] = attention_mask.repeat_interleave(repeats, dim=0)
+        self.first_position = first_position.repeat_interleave(repeats, dim=0)
+
+    def select_rows(self, keep: torch.Tensor) -> None:
+        """Keep only rows ``keep`` (a 1-D index tensor, in that order)."""
+        compat.select_cache_rows(self.cache, keep)
+        self.mask, self.first_position = self.mask[keep], self.first_position[keep]
+
+    def step(self, tokens: torch.Tensor, t: int) -> torch.Tensor:
+        """Logits [rows, vocab] (float32) after feeding ``tokens`` [rows] as completion token ``t`` of every row."""
+        logits, self.cache = compat.forward_with_cache(
+            self.model, input_ids=tokens[:, None], attention_mask=self.mask[:, : self.prompt_len + t + 1],
+            position_ids=(self.first_position + t)[None].expand(3, -1, -1), cache=self.cache)
+        return logits[:, -1].float()
 
 
 def _raise_if_invalid(invalid: torch.Tensor, step: int) -> None:
