@@ -4,7 +4,8 @@ Qwen2.5-VL embeds each 2x14x14 pixel patch with ``nn.Conv3d(kernel_size=stride=(
 sees exactly one patch, so the convolution is a linear map of the flattened patch. torch's CPU convolution does not
 know that and is several times slower than the matrix product, in the forward pass and the weight gradient alike.
 :class:`PatchProjection` keeps the convolution's weight ``Parameter`` (same name, shape and values, so checkpoints,
-exports, freezing and optimizers see no difference) and computes ``patches @ weight.view(out, -1).T``: equal to the convolution to float rounding.
+exports, freezing and optimizers see no difference) and computes ``patches @ weight.view(out, -1).T``: equal to the
+convolution to float rounding.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -330,8 +331,6 @@ def save_local_model(model: Any, directory: Any, **kwargs: Any) -> None:
     the other ranks. That is right for a shared checkpoint, but wrong for a file a process builds for itself (the demo
     report scorers a rank builds on first use, a tiny model in a cache): there it left a half-written directory that
     the next reader failed on. Files missing after the save raise :class:`ModelAPIError` instead."""
-    import os
-
     model.should_save_on_this_rank = lambda is_main_process=True: True  # shadows the method for this call only
     try:
         model.save_pretrained(directory, **kwargs)
